@@ -1,0 +1,148 @@
+"""The small interfaces every scene, prior and guidance method implements.
+
+The training step (see DESIGN.md) only talks to these:
+
+    cams = sampler.sample(batch)                       # cameras.Cameras
+    out = scene.render(cams, background)               # RenderOutput, rgb [B,H,W,3] in [0,1]
+    g = guidance(out.rgb, cams, step, max_steps)       # GuidanceOutput; encodes with its prior
+    loss = g.loss + scene.regularization(out, step)
+    scene.pre_backward(step, out); loss.backward(); scene.optimizer_step(step, out)
+
+Concrete classes are built by frozen dataclass configs with a ``setup(...)`` method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from sds3d.cameras import Cameras
+
+
+class SDS3DError(RuntimeError):
+    """A user-facing error: its message is one line that says what to do."""
+
+
+# ----------------------------------------------------------------------------- priors
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """A diffusion model that scores images: Stable Diffusion, MVDream, the exemplar prior.
+
+    ``x`` is the prior's own space: latents for latent-diffusion priors, pixels in [-1, 1]
+    for pixel priors. ``x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps`` with ``ab = alphas_cumprod``.
+    """
+
+    device: torch.device
+    num_train_timesteps: int
+    alphas_cumprod: Tensor  # [T] float32 on ``device``
+    prediction_type: str  # what the raw model predicts: "epsilon" | "v_prediction" | "sample"
+    num_views: int  # 1 for 2D priors, 4 for multi-view priors (batch must be a multiple)
+
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        """[B,H,W,3] float in [0,1] (any H, W) -> x [B,C,h,w] float32, differentiable."""
+        ...
+
+    def decode(self, x: Tensor) -> Tensor:
+        """x [B,C,h,w] -> rgb [B,H,W,3] in [0,1] (for previews; no grad needed)."""
+        ...
+
+    def condition(self, prompts: Sequence[str]) -> Any:
+        """One conditioning per sample (``len(prompts) == B``); cached per prompt string.
+
+        ``""`` is the unconditional prompt. The returned object is opaque to callers and is
+        only passed back to :meth:`predict_noise`.
+        """
+        ...
+
+    def predict_noise(
+        self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None
+    ) -> Tensor:
+        """Noise predictions eps(x_t; c_k) for every conditioning, in ONE batched model call.
+
+        x_t [B,C,h,w], t [B] long. Returns [K,B,C,h,w] float32 (K = len(conditions)), always
+        as epsilon (the prior converts v-/sample-prediction). No gradient flows to x_t.
+        """
+        ...
+
+
+# ----------------------------------------------------------------------------- guidance
+
+
+@dataclass
+class GuidanceOutput:
+    loss: Tensor  # scalar; d loss / d x = g / B
+    t: Tensor  # [B] timesteps used (long)
+    logs: dict[str, float | Tensor] = field(default_factory=dict)  # detached scalars to log
+
+
+@runtime_checkable
+class Guidance(Protocol):
+    """A score-distillation method. Encodes renders with its own prior(s)."""
+
+    def __call__(
+        self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int
+    ) -> GuidanceOutput:
+        """rgb [B,H,W,3] in [0,1] (differentiable) -> loss whose gradient is the method's g."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Trainable state (VSD's LoRA and its optimizer); {} for stateless methods."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+@dataclass
+class RenderOutput:
+    rgb: Tensor  # [B,H,W,3] in [0,1], composited over the background
+    alpha: Tensor  # [B,H,W,1]
+    depth: Tensor  # [B,H,W,1] (expected depth, 0 where empty)
+    normal: Tensor | None = None  # [B,H,W,3] world-space, if the scene computes them
+    info: dict[str, Any] = field(default_factory=dict)  # renderer meta (gsplat strategies)
+
+
+@runtime_checkable
+class Scene(Protocol):
+    """A 3D representation that can be rendered, optimized, saved and queried for export."""
+
+    def render(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        """background [B,3] in [0,1]."""
+        ...
+
+    def regularization(self, out: RenderOutput, step: int, max_steps: int) -> Tensor:
+        """Scalar regularizer added to the guidance loss (0 if none)."""
+        ...
+
+    def pre_backward(self, step: int, out: RenderOutput) -> None:
+        """Called after render, before backward (e.g. retain_grad for densification)."""
+        ...
+
+    def optimizer_step(self, step: int, out: RenderOutput) -> None:
+        """Step the optimizers, zero grads, then housekeeping (densify/prune, occupancy)."""
+        ...
+
+    def num_primitives(self) -> int:
+        """Gaussians, or occupied grid cells: logged as a size measure."""
+        ...
+
+    def density(self, points: Tensor) -> Tensor:
+        """[N,3] world points -> [N] non-negative density (for mesh extraction)."""
+        ...
+
+    def albedo(self, points: Tensor) -> Tensor:
+        """[N,3] world points -> [N,3] colour in [0,1] (vertex colours)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters, optimizer and housekeeping state: enough to resume bit-identically."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
