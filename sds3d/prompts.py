@@ -27,6 +27,7 @@ class PromptSet:
     negative: str = ""
     view_dependent: bool = True
     views: ViewConfig = field(default_factory=ViewConfig)
+    perp_neg: bool = False  # guidance methods apply Perp-Neg to view-dependent prompts
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
