@@ -18,22 +18,31 @@ from sds3d.types import SDS3DError
 
 def atomic_write(path: Path, write: Any) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.tmp"
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise SDS3DError(
             f"cannot write {path}: {e.strerror or e}; free disk space or pick a writable --output-dir "
             "(earlier checkpoints are untouched)"
         ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
