@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny random Stable-Diffusion-2.x-like diffusers pipelines saved to disk.
+
+``tiny_sd_dir`` is a real diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/
+model_index.json) with random weights and the SD-2.1-base scheduler (scaled-linear betas
+0.00085..0.012, 1000 steps, epsilon prediction). It loads through the ordinary
+``from_pretrained(..., local_files_only=True)`` path, so every test that uses it exercises
+the same code as a real run. Sizes: UNet block_out_channels (4, 8), latents 4x8x8, renders
+resized to 16x16, a 2-layer CLIP text encoder with hidden size 32.
+
+An autouse session fixture points the text-embedding disk cache (``SDS3D_EMBEDDING_CACHE``)
+at a temporary folder so tests never write into ``~/.cache``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_SEED = 0
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for the bytes 0..255."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_tiny_clip_tokenizer(folder: Path) -> int:
+    """A tiny CLIP BPE tokenizer: every byte (alone and word-final) plus a few merges.
+
+    Returns the vocabulary size. Any text tokenizes (unknown merges fall back to bytes).
+    """
+    chars = _bytes_to_unicode()
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("o", "f</w>"), ("v", "i"), ("e", "w</w>")]
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars] + [a + b for a, b in merges]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(vocab)
+
+
+def build_tiny_sd_pipeline(folder: Path, prediction_type: str = "epsilon", seed: int = TINY_SEED) -> Path:
+    """Write a tiny random SD-2.x-like pipeline to ``folder`` (deterministic for a seed)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab_size = write_tiny_clip_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=2,
+        use_linear_projection=True,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=16,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SD-2.1-base-like diffusers folder (epsilon prediction)."""
+    return build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny_sd"), "epsilon")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_vpred_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny pipeline (same weights) with ``prediction_type="v_prediction"``."""
+    return build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny_sd_vpred"), "v_prediction")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _embedding_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the text-embedding disk cache of every test out of ``~/.cache``."""
+    old = os.environ.get("SDS3D_EMBEDDING_CACHE")
+    os.environ["SDS3D_EMBEDDING_CACHE"] = str(tmp_path_factory.mktemp("embedding_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SDS3D_EMBEDDING_CACHE", None)
+    else:
+        os.environ["SDS3D_EMBEDDING_CACHE"] = old
