@@ -1,0 +1,178 @@
+"""Mesh export: scene -> density grid -> marching cubes -> cleanup -> colours -> files.
+
+``export_scene`` is the one entry point (``generate`` calls it after the last step and
+``sds3d export RUN_DIR`` calls it on a checkpoint):
+
+1. density on a grid over the scene bounds (:mod:`.marching`), iso-level by the silhouette
+   rule unless ``--export.threshold`` is given, marching cubes;
+2. cleanup: duplicates, floaters, outward winding, decimation to the face budget (:mod:`.cleanup`);
+3. vertex colours ``scene.albedo(vertex)`` (for Gaussians the density-weighted colour), and
+   with ``--export.texture`` an xatlas-unwrapped baked albedo texture (:mod:`.texture`);
+4. files (:mod:`.writers`): ``mesh.glb``/``mesh.obj``/``mesh.ply`` and, for Gaussian scenes,
+   the standard 3DGS ``gaussians.ply``;
+5. ``turntable_mesh.mp4`` (CPU ray casting, :mod:`.turntable`) and the mesh fidelity (PSNR,
+   mask IoU against the scene's renders on the evaluation cameras, :mod:`.fidelity`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import trimesh
+
+from sds3d.cameras import CameraConfig, eval_cameras
+from sds3d.export.cleanup import clean_mesh
+from sds3d.export.marching import auto_threshold, density_grid, marching_cubes, scene_bounds
+from sds3d.export.texture import TextureSource, albedo_at, bake_texture
+from sds3d.export.writers import MeshFormat, write_mesh, write_splat_ply
+from sds3d.types import Scene, SDS3DError
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Mesh export (runs after training and in ``sds3d export RUN_DIR``)."""
+
+    formats: tuple[MeshFormat, ...] = ("glb",)
+    """Mesh files to write: glb (glTF axes, y up), obj (+ .mtl and .png when textured; glTF
+    axes), ply (our z-up world axes)."""
+    resolution: int = 256
+    """Marching-cubes grid nodes along the longest side of the scene bounds."""
+    threshold: float | None = None
+    """Density iso-level. Default: automatic, the level whose silhouettes best match the
+    scene's render opacity (> 0.5) on 8 held-out views (max IoU); needs no tuning."""
+    face_budget: int = 100_000
+    """Maximum faces after quadric decimation."""
+    min_component_fraction: float = 0.02
+    """Drop disconnected pieces with fewer faces than this fraction of the largest piece."""
+    texture: bool = False
+    """Unwrap UVs (xatlas) and bake an albedo texture instead of vertex colours."""
+    texture_size: int = 1024
+    """Texture width and height in pixels."""
+    texture_source: TextureSource = "auto"
+    """Texel colours: renders (project scene renders with visibility), albedo (query the colour
+    field at the surface), auto (renders for Gaussians, albedo for NeRF)."""
+    bake_views: int = 24
+    """Cameras (evenly over the sphere) whose renders are projected onto the texture."""
+    splat_ply: bool = True
+    """Gaussian scenes: also write the standard 3D Gaussian splatting gaussians.ply."""
+    turntable: bool = True
+    """Write turntable_mesh.mp4 (the exported mesh, ray-cast on the CPU)."""
+    turntable_frames: int = 60
+    """Frames of the mesh turntable."""
+    turntable_resolution: int = 256
+    """Width and height of the mesh turntable frames."""
+    eval_views: int = 8
+    """Evaluation cameras for the mesh-vs-scene fidelity (0 skips it)."""
+    eval_resolution: int = 128
+    """Width and height of the fidelity renders."""
+
+    def __post_init__(self) -> None:
+        if not self.formats and not self.splat_ply:
+            raise SDS3DError("--export.formats is empty; pass at least one of glb obj ply")
+        for fmt in self.formats:
+            if fmt not in ("glb", "obj", "ply"):
+                raise SDS3DError(f"--export.formats: unknown format {fmt!r}; use glb, obj or ply")
+        if self.resolution < 8:
+            raise SDS3DError(f"--export.resolution {self.resolution} is too small; use at least 8 (default 256)")
+        if self.threshold is not None and not self.threshold > 0:
+            raise SDS3DError(f"--export.threshold {self.threshold} must be positive (or leave it automatic)")
+        if self.face_budget < 4:
+            raise SDS3DError(f"--export.face-budget {self.face_budget} is too small; use at least 4")
+        if not 0.0 <= self.min_component_fraction <= 1.0:
+            raise SDS3DError("--export.min-component-fraction must lie in [0, 1]")
+        if self.texture and (self.texture_size < 16 or self.bake_views < 1):
+            raise SDS3DError("--export.texture-size must be >= 16 and --export.bake-views >= 1")
+
+
+@dataclass
+class ExportResult:
+    """What ``export_scene`` wrote and measured."""
+
+    paths: list[Path]
+    num_vertices: int
+    num_faces: int
+    threshold: float
+    threshold_rule: Literal["auto", "manual"]
+    threshold_iou: float | None  # silhouette IoU of the chosen level on the held-out views (auto)
+    fidelity: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready dict for ``summary.json`` (infinite PSNR becomes null)."""
+        fid = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.fidelity.items()}
+        return {
+            "files": [p.name for p in self.paths],
+            "vertices": self.num_vertices,
+            "faces": self.num_faces,
+            "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            "threshold_iou": self.threshold_iou,
+            "fidelity": fid,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def extract_mesh(
+    scene: Scene, cfg: ExportConfig, cameras_cfg: CameraConfig, device: torch.device | str
+) -> tuple[trimesh.Trimesh, float, float | None]:
+    """Cleaned, vertex-coloured mesh in world axes; returns (mesh, threshold, silhouette IoU or None)."""
+    lo, hi = scene_bounds(scene)
+    grid, origin, voxel = density_grid(scene, lo, hi, cfg.resolution, device)
+    iou: float | None = None
+    if cfg.threshold is None:
+        threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device)
+    else:
+        threshold = float(cfg.threshold)
+    mesh = marching_cubes(grid, threshold, origin, voxel)
+    del grid
+    mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.face_budget)
+    colours = albedo_at(scene, np.asarray(mesh.vertices), device)
+    rgba = np.concatenate([np.round(colours * 255), np.full((len(colours), 1), 255)], axis=1).astype(np.uint8)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
+    return mesh, threshold, iou
+
+
+def export_scene(
+    scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraConfig, device: torch.device | str
+) -> ExportResult:
+    """Extract, colour and write the scene's mesh (+ gaussians.ply, turntable, fidelity) into ``out_dir``."""
+    from sds3d.export.fidelity import mesh_fidelity
+    from sds3d.export.turntable import mesh_turntable, write_video
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mesh, threshold, iou = extract_mesh(scene, cfg, cameras_cfg, device)
+    final = mesh
+    if cfg.texture:
+        final = bake_texture(mesh, scene, cameras_cfg, cfg.texture_size, cfg.bake_views, cfg.texture_source, device)
+    paths = write_mesh(final, out_dir, cfg.formats, vertex_colored=mesh)
+    splats = getattr(scene, "splats", None)
+    if cfg.splat_ply and splats is not None:
+        paths.append(write_splat_ply(splats, out_dir / "gaussians.ply"))
+    fidelity: dict[str, float] = {}
+    if cfg.eval_views > 0:
+        cams = eval_cameras(cameras_cfg, cfg.eval_views, cfg.eval_resolution, cfg.eval_resolution)
+        fidelity = mesh_fidelity(final, scene, cams, device)
+    if cfg.turntable and cfg.turntable_frames > 0:
+        frames = mesh_turntable(final, cameras_cfg, cfg.turntable_frames, cfg.turntable_resolution)
+        paths.append(write_video(frames, out_dir / "turntable_mesh.mp4"))
+    return ExportResult(
+        paths=paths,
+        num_vertices=len(final.vertices),
+        num_faces=len(final.faces),
+        threshold=threshold,
+        threshold_rule="auto" if cfg.threshold is None else "manual",
+        threshold_iou=iou,
+        fidelity=fidelity,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+__all__ = ["ExportConfig", "ExportResult", "export_scene", "extract_mesh"]

@@ -1,0 +1,199 @@
+"""Mesh files (glb/obj/ply, via trimesh) and the standard 3D Gaussian splatting .ply.
+
+Axes. Our world is right-handed, +z up, front +x. glTF is +y up with the front facing +z
+(and Blender's OBJ importer assumes the same), so ``mesh.glb`` and ``mesh.obj`` are written
+in glTF axes with the rotation ``(x, y, z)_ours -> (y, z, x)_gltf`` (a cyclic permutation,
+det +1: our front +x lands on glTF +z, our up +z on glTF +y, our +y (the viewer's right
+when facing the front) on glTF +x). PLY has no axis convention; ``mesh.ply`` stays in our
+native +z-up world (Blender's PLY importer assumes z up), and so does ``gaussians.ply`` (its
+quaternions and SH coefficients are in scene axes; rotating would mean rotating them too).
+:func:`read_mesh` undoes the rotation, so a file written here reloads in our world axes.
+
+Splat .ply (the INRIA 3DGS layout, Kerbl et al., "3D Gaussian Splatting for Real-Time
+Radiance Field Rendering", SIGGRAPH 2023): binary little endian, one float32 ``vertex``
+element with ``x y z nx ny nz f_dc_0..2 f_rest_0..(3K-1) opacity scale_0..2 rot_0..3``:
+positions, zero normals, SH DC, the other SH coefficients channel-major (all K of red, then
+green, then blue), opacity as a logit, log scales, and raw (unnormalized) wxyz quaternions,
+exactly the pre-activation values of gsplat's ``splats`` ParameterDict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import trimesh
+from torch import Tensor
+
+from sds3d.types import SDS3DError
+
+MeshFormat = Literal["glb", "obj", "ply"]
+
+OURS_TO_GLTF = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+"""Homogeneous rotation: glTF (x, y, z) = ours (y, z, x)."""
+GLTF_TO_OURS = OURS_TO_GLTF.T
+
+
+def write_mesh(mesh: trimesh.Trimesh, out_dir: Path, formats: Sequence[MeshFormat], vertex_colored: trimesh.Trimesh | None = None) -> list[Path]:
+    """Write ``mesh.<fmt>`` for every format; returns the paths written (obj: + .mtl + .png if textured).
+
+    ``mesh`` carries vertex colours or a texture; ``vertex_colored`` (same surface with vertex
+    colours) is used for PLY, which trimesh writes without textures.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for fmt in dict.fromkeys(formats):
+        path = out_dir / f"mesh.{fmt}"
+        if fmt == "glb":
+            gltf = mesh.copy()
+            gltf.apply_transform(OURS_TO_GLTF)
+            path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(gltf)))
+            paths.append(path)
+        elif fmt == "obj":
+            gltf = mesh.copy()
+            gltf.apply_transform(OURS_TO_GLTF)
+            paths += _write_obj(gltf, path)
+        elif fmt == "ply":
+            src = vertex_colored if vertex_colored is not None else mesh
+            path.write_bytes(trimesh.exchange.ply.export_ply(src, encoding="binary", include_attributes=False))
+            paths.append(path)
+        else:
+            raise SDS3DError(f"unknown mesh format {fmt!r}; use glb, obj or ply")
+    return paths
+
+
+def _write_obj(mesh: trimesh.Trimesh, path: Path) -> list[Path]:
+    """OBJ with vertex colours (``v x y z r g b``), or with ``mesh.mtl`` + ``mesh.png`` if textured."""
+    textured = isinstance(mesh.visual, trimesh.visual.TextureVisuals)
+    if not textured:
+        text = trimesh.exchange.obj.export_obj(mesh, include_color=True, include_texture=False, include_normals=True)
+        path.write_text(text)
+        return [path]
+    image = _texture_image(mesh)
+    material = trimesh.visual.material.SimpleMaterial(image=image, diffuse=(255, 255, 255, 255), name="mesh")
+    mesh = mesh.copy()
+    mesh.visual = trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material)
+    text, files = trimesh.exchange.obj.export_obj(
+        mesh, include_color=False, include_texture=True, include_normals=True, return_texture=True, mtl_name="mesh.mtl"
+    )
+    path.write_text(text)
+    written = [path]
+    for name, data in files.items():
+        (path.parent / name).write_bytes(data)
+        written.append(path.parent / name)
+    return written
+
+
+def _texture_image(mesh: trimesh.Trimesh):
+    mat = mesh.visual.material
+    image = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
+    if image is None:
+        raise SDS3DError("the textured mesh has no texture image; re-run the export with --export.texture")
+    return image
+
+
+def read_mesh(path: str | Path) -> trimesh.Trimesh:
+    """Load a glb/gltf/obj/ply as one Trimesh in our world axes (glTF and OBJ are rotated back)."""
+    path = Path(path)
+    if not path.exists():
+        raise SDS3DError(f"mesh file {path} does not exist; check the path")
+    loaded = trimesh.load(path, process=False, force="scene")
+    meshes = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if isinstance(loaded, trimesh.Scene) else [loaded]
+    if not meshes:
+        raise SDS3DError(f"{path} holds no triangle mesh; export one as glb, obj or ply")
+    mesh = meshes[0] if len(meshes) == 1 else trimesh.util.concatenate(meshes)
+    if path.suffix.lower() in (".glb", ".gltf", ".obj"):
+        mesh.apply_transform(GLTF_TO_OURS)
+    return mesh
+
+
+# ----------------------------------------------------------------------------- splat .ply
+
+SPLAT_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+def splat_ply_fields(num_rest: int) -> list[str]:
+    """Property names of the standard 3DGS .ply, in file order (``num_rest`` = 3K f_rest entries)."""
+    return (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(num_rest)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
+
+
+def write_splat_ply(splats: Mapping[str, Tensor], path: str | Path) -> Path:
+    """Write gsplat-named tensors (means [N,3], scales [N,3] log, quats [N,4] wxyz, opacities [N]
+    logit, sh0 [N,1,3], shN [N,K,3]) as a standard 3DGS .ply; see the module docstring."""
+    missing = [k for k in SPLAT_KEYS if k not in splats and k != "shN"]
+    if missing:
+        raise SDS3DError(f"the scene's splats lack {missing}; only Gaussian scenes can be saved as a splat .ply")
+    t = {k: v.detach().float().cpu() for k, v in splats.items()}
+    n = t["means"].shape[0]
+    sh_n = t.get("shN", torch.zeros(n, 0, 3))
+    columns = [
+        t["means"],
+        torch.zeros(n, 3),
+        t["sh0"].reshape(n, 3),
+        sh_n.transpose(1, 2).reshape(n, -1),  # [N,3,K] -> channel-major
+        t["opacities"].reshape(n, 1),
+        t["scales"],
+        t["quats"],
+    ]
+    data = torch.cat(columns, dim=1).numpy().astype("<f4")
+    names = splat_ply_fields(sh_n.shape[1] * 3)
+    header = "ply\nformat binary_little_endian 1.0\nelement vertex %d\n" % n
+    header += "".join(f"property float {name}\n" for name in names) + "end_header\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(np.ascontiguousarray(data).tobytes())
+    return path
+
+
+def read_splat_ply_header(path: str | Path) -> tuple[str, int, list[str], int]:
+    """(format, vertex count, float property names, byte offset of the data)."""
+    with open(path, "rb") as f:
+        raw = f.read(1 << 16)
+    end = raw.find(b"end_header\n")
+    if not raw.startswith(b"ply") or end < 0:
+        raise SDS3DError(f"{path} is not a .ply file; pass a 3D Gaussian splatting .ply")
+    lines = raw[:end].decode("ascii").splitlines()
+    fmt, count, names = "", 0, []
+    for line in lines:
+        parts = line.split()
+        if parts[:1] == ["format"]:
+            fmt = parts[1]
+        elif parts[:2] == ["element", "vertex"]:
+            count = int(parts[2])
+        elif parts[:1] == ["property"]:
+            if parts[1] != "float":
+                raise SDS3DError(f"{path}: property {parts[-1]} is {parts[1]}, expected float; pass a standard 3DGS .ply")
+            names.append(parts[2])
+    return fmt, count, names, end + len(b"end_header\n")
+
+
+def read_splat_ply(path: str | Path) -> dict[str, Tensor]:
+    """Reload a standard 3DGS .ply into gsplat-named float32 tensors (inverse of :func:`write_splat_ply`)."""
+    fmt, n, names, offset = read_splat_ply_header(path)
+    if fmt != "binary_little_endian":
+        raise SDS3DError(f"{path} is {fmt or 'an unknown format'}; only binary little-endian splat .ply files are read")
+    num_rest = sum(name.startswith("f_rest_") for name in names)
+    expected = splat_ply_fields(num_rest)
+    if sorted(names) != sorted(expected) or num_rest % 3:
+        raise SDS3DError(f"{path} lacks the standard 3DGS fields (x y z f_dc_* opacity scale_* rot_*); pass a splat .ply")
+    data = np.fromfile(path, dtype="<f4", offset=offset, count=n * len(names)).reshape(n, len(names))
+    col = {name: i for i, name in enumerate(names)}
+    get = lambda keys: torch.from_numpy(data[:, [col[k] for k in keys]].copy())  # noqa: E731
+    k = num_rest // 3
+    return {
+        "means": get(["x", "y", "z"]),
+        "scales": get(["scale_0", "scale_1", "scale_2"]),
+        "quats": get(["rot_0", "rot_1", "rot_2", "rot_3"]),
+        "opacities": get(["opacity"])[:, 0].contiguous(),
+        "sh0": get(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 1, 3),
+        "shN": get([f"f_rest_{i}" for i in range(num_rest)]).reshape(n, 3, k).transpose(1, 2).contiguous(),
+    }

@@ -1,0 +1,129 @@
+"""Texture baking: UV rasterization, projection of renders with visibility, seam filling, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import trimesh
+
+from sds3d.cameras import CameraConfig
+from sds3d.export.texture import bake_texture, fill_empty, rasterize_uv, texel_colours
+from sds3d.export.writers import read_mesh, write_mesh
+from sds3d.types import RenderOutput
+
+RED, BLUE, GREEN = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0])
+
+
+def red_blue(points):
+    return torch.where(points[:, :1] > 0, RED, BLUE)
+
+
+class RedBlueSphere:
+    """Opaque sphere r = 0.5, red for x > 0 and blue for x < 0, rendered by exact ray casting.
+
+    ``albedo`` can be set to a wrong colour so a bake from renders cannot borrow it."""
+
+    def __init__(self, albedo_fn=red_blue):
+        self.albedo_fn = albedo_fn
+
+    def albedo(self, points):
+        return self.albedo_fn(points)
+
+    def density(self, points):
+        return (points.norm(dim=-1) < 0.5).float() * 100.0
+
+    def render(self, cameras, background):
+        o, d = cameras.rays()
+        b = (o * d).sum(-1)
+        disc = b * b - ((o * o).sum(-1) - 0.25)
+        hit = disc > 0
+        t = -b - torch.sqrt(disc.clamp_min(0))
+        p = o + t[..., None] * d
+        col = red_blue(p.reshape(-1, 3)).reshape(p.shape)
+        alpha = hit.float()[..., None]
+        rgb = alpha * col + (1 - alpha) * background[:, None, None, :]
+        return RenderOutput(rgb, alpha, alpha * t[..., None])
+
+
+def surface_points(mesh):
+    """3D point and uv of every covered texel of a textured mesh."""
+    size = mesh.visual.material.baseColorTexture.size[0]
+    face, bary = rasterize_uv(mesh.visual.uv, mesh.faces, size)
+    covered = face >= 0
+    f, b = face[covered], bary[covered]
+    pts = np.einsum("nk,nkd->nd", b, mesh.vertices[mesh.faces[f]])
+    uv = np.einsum("nk,nkd->nd", b, mesh.visual.uv[mesh.faces[f]])
+    return pts, uv, covered
+
+
+def check_red_blue(mesh, margin=0.03):
+    pts, uv, _ = surface_points(mesh)
+    got = texel_colours(mesh, uv)
+    front, back = pts[:, 0] > margin, pts[:, 0] < -margin
+    ok_front = (np.abs(got[front] - [1, 0, 0]).max(-1) < 0.1).mean()
+    ok_back = (np.abs(got[back] - [0, 0, 1]).max(-1) < 0.1).mean()
+    return ok_front, ok_back
+
+
+def test_rasterize_uv_square():
+    uvs = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    face, bary = rasterize_uv(uvs, faces, 16)
+    assert (face >= 0).all()
+    # barycentrics reproduce the texel centre (v up, row 0 at the top)
+    rows, cols = np.mgrid[0:16, 0:16]
+    uv = np.einsum("rck,rckd->rcd", bary, uvs[faces[face]])
+    np.testing.assert_allclose(uv[..., 0], (cols + 0.5) / 16, atol=1e-9)
+    np.testing.assert_allclose(uv[..., 1], 1 - (rows + 0.5) / 16, atol=1e-9)
+    half, _ = rasterize_uv(uvs, faces[:1], 16)  # lower-right triangle only
+    assert 0.4 < (half >= 0).mean() < 0.6 and half[15, 15] == 0 and half[0, 0] == -1
+
+
+def test_fill_empty_uses_nearest_covered_texel():
+    image = np.zeros((4, 4, 3))
+    covered = np.zeros((4, 4), bool)
+    image[0, 0], covered[0, 0] = [1, 0, 0], True
+    image[3, 3], covered[3, 3] = [0, 0, 1], True
+    out = fill_empty(image, covered)
+    np.testing.assert_array_equal(out[0, 1], [1, 0, 0])
+    np.testing.assert_array_equal(out[3, 2], [0, 0, 1])
+
+
+def test_bake_from_renders_gives_expected_texels():
+    mesh = trimesh.creation.icosphere(3, radius=0.5)
+    scene = RedBlueSphere(albedo_fn=lambda p: GREEN.expand(len(p), 3))  # albedo is wrong on purpose
+    baked = bake_texture(mesh, scene, CameraConfig(), size=128, views=12, source="renders", device="cpu")
+    ok_front, ok_back = check_red_blue(baked)
+    assert ok_front > 0.98 and ok_back > 0.98
+    image = np.asarray(baked.visual.material.baseColorTexture)
+    assert (image[..., 1] > 128).mean() < 0.02  # hardly any texel fell back to the (green) albedo field
+
+
+def test_bake_from_albedo_field_and_textured_files(tmp_path):
+    mesh = trimesh.creation.icosphere(3, radius=0.5)
+    baked = bake_texture(mesh, RedBlueSphere(), CameraConfig(), size=64, views=1, source="albedo", device="cpu")
+    ok_front, ok_back = check_red_blue(baked, margin=0.05)
+    assert ok_front > 0.98 and ok_back > 0.98
+    # dilation: no white background is left between the charts
+    assert (np.asarray(baked.visual.material.baseColorTexture).min(-1) > 200).mean() == 0
+    paths = write_mesh(baked, tmp_path, ["glb", "obj"])
+    assert sorted(p.name for p in paths) == ["mesh.glb", "mesh.mtl", "mesh.obj", "mesh.png"]
+    assert "map_Kd mesh.png" in (tmp_path / "mesh.mtl").read_text()
+    for path in (tmp_path / "mesh.glb", tmp_path / "mesh.obj"):
+        back = read_mesh(path)
+        assert isinstance(back.visual, trimesh.visual.TextureVisuals)
+        np.testing.assert_allclose(back.vertices.mean(0), baked.vertices.mean(0), atol=1e-5)
+        # sample the reloaded texture at the reloaded uvs: front vertices red, back vertices blue
+        colours = texel_colours_any(back)
+        front = back.vertices[:, 0] > 0.1
+        assert colours[front, 0].mean() > 0.9 and colours[~front & (back.vertices[:, 0] < -0.1), 2].mean() > 0.9
+
+
+def texel_colours_any(mesh):
+    mat = mesh.visual.material
+    image = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
+    img = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    uv = mesh.visual.uv
+    col = np.clip((uv[:, 0] * img.shape[1]).astype(int), 0, img.shape[1] - 1)
+    row = np.clip(((1 - uv[:, 1]) * img.shape[0]).astype(int), 0, img.shape[0] - 1)
+    return img[row, col]
