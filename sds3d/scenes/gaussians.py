@@ -1,0 +1,267 @@
+"""3D Gaussian splatting scene (Kerbl et al., SIGGRAPH 2023) for score distillation.
+
+Parameters follow gsplat's ``simple_trainer`` (pre-activation, in ``splats``): ``means``
+[N,3], ``scales`` [N,3] (log), ``quats`` [N,4] (wxyz, raw), ``opacities`` [N] (logit),
+``sh0`` [N,1,3] and ``shN`` [N,K,3] SH coefficients (K = (degree+1)^2 - 1). Colour is
+``max(0.5 + SH(d), 0)``. Initialization: ``num_init`` Gaussians uniform in a ball of
+radius ``init_radius`` with random colours (GaussianDreamer / the coupled-SDS recipe).
+
+Rendering is :func:`sds3d.render.rasterize_gaussians` (gsplat on CUDA, the torch tile
+rasterizer elsewhere); densification is ``gsplat.strategy.DefaultStrategy`` (clone small /
+split large Gaussians whose mean screen-space gradient exceeds ``grow_grad2d``, prune
+transparent ones), thresholds from DreamGaussian's SDS recipe, capped at ``max_gaussians``.
+
+For export: ``density(x) = sum_i o_i exp(-0.5 (x - mu_i)^T Sigma_i^-1 (x - mu_i))`` over the
+Gaussians within 3 sigma of x, and ``albedo(x)`` the same weights' average of the view-
+independent colours ``0.5 + C0 sh0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from gsplat.strategy import DefaultStrategy
+from gsplat.strategy.ops import remove
+from torch import Tensor
+
+from sds3d.cameras import Cameras
+from sds3d.render import Backend, rasterize_gaussians, resolve_backend
+from sds3d.render.torch_rasterizer import SH_C0, quat_to_rotmat
+from sds3d.types import RenderOutput, SDS3DError
+
+PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+@dataclass(frozen=True)
+class GaussiansConfig:
+    """3D Gaussians: initialization, learning rates, densification, renderer."""
+
+    num_init: int = 4096
+    """Gaussians at initialization, uniform in a ball."""
+    init_radius: float = 0.5
+    """Radius of the initialization ball (world units; the scene lives in the unit sphere)."""
+    sh_degree: int = 0
+    """Spherical-harmonics degree of the colours (0 = view-independent RGB; at most 3)."""
+    init_opacity: float = 0.1
+    """Opacity of new Gaussians (after the sigmoid)."""
+    init_scale: float = 0.025
+    """Standard deviation of new Gaussians along each axis (world units, after exp)."""
+    lr_means: float = 1e-3
+    """Adam learning rate of the centres."""
+    lr_scales: float = 5e-3
+    """Adam learning rate of the log-scales."""
+    lr_quats: float = 1e-3
+    """Adam learning rate of the rotations (raw quaternions)."""
+    lr_opacities: float = 5e-2
+    """Adam learning rate of the opacity logits."""
+    lr_colors: float = 1e-2
+    """Adam learning rate of the SH degree-0 colour; higher bands use 1/20 of it."""
+    refine_start: int = 100
+    """Densify and prune after this step."""
+    refine_stop: int = 1000
+    """Stop densifying and pruning at this step."""
+    refine_every: int = 100
+    """Densify and prune every this many steps."""
+    grow_grad2d: float = 0.01
+    """Clone/split Gaussians whose mean screen-space gradient (NDC units) exceeds this
+    (DreamGaussian's SDS value; gsplat's photometric default is 0.0002)."""
+    grow_scale3d: float = 0.01
+    """Gaussians larger than this (world units) are split, smaller ones cloned."""
+    prune_opa: float = 0.01
+    """Prune Gaussians whose opacity falls below this."""
+    prune_scale3d: float = 0.2
+    """After --gaussians.reset-every steps, prune Gaussians larger than this (world units)."""
+    reset_every: int = 700
+    """gsplat's opacity-reset period (gsplat 1.5.3 never resets; it gates large-Gaussian pruning)."""
+    max_gaussians: int = 50_000
+    """Upper bound on the number of Gaussians: growth stops there, the faintest are pruned."""
+    scale_reg: float = 0.0
+    """Weight of a regularizer on the mean largest scale (0 = off)."""
+    backend: Backend = "auto"
+    """Rasterizer: gsplat's CUDA kernels, the pure-torch path, or auto (gsplat on CUDA)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sh_degree <= 3:
+            raise SDS3DError(f"--gaussians.sh-degree {self.sh_degree}: use 0, 1, 2 or 3")
+        if self.num_init < 1 or self.max_gaussians < self.num_init:
+            raise SDS3DError("--gaussians.num-init must be >= 1 and at most --gaussians.max-gaussians")
+        if not 0 < self.init_opacity < 1 or self.init_scale <= 0 or self.init_radius <= 0:
+            raise SDS3DError("--gaussians.init-opacity must be in (0, 1); init-scale and init-radius > 0")
+
+    def setup(self, device: torch.device) -> "GaussianScene":
+        return GaussianScene(self, torch.device(device))
+
+
+def init_splats(cfg: GaussiansConfig, device: torch.device) -> dict[str, Tensor]:
+    """Random Gaussians in a ball (uses the global torch RNG)."""
+    n = cfg.num_init
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    means = dirs * cfg.init_radius * torch.rand(n, 1) ** (1 / 3)
+    rgb = torch.rand(n, 3)
+    k = (cfg.sh_degree + 1) ** 2 - 1
+    splats = {
+        "means": means,
+        "scales": torch.full((n, 3), math.log(cfg.init_scale)),
+        "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+        "opacities": torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))),
+        "sh0": ((rgb - 0.5) / SH_C0)[:, None, :],
+        "shN": torch.zeros(n, k, 3),
+    }
+    return {key: v.to(device) for key, v in splats.items()}
+
+
+class GaussianScene:
+    """The ``Scene`` protocol for 3D Gaussians (see the module docstring)."""
+
+    def __init__(self, cfg: GaussiansConfig, device: torch.device, splats: dict[str, Tensor] | None = None) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.backend = resolve_backend(cfg.backend, device.type == "cuda")
+        self.strategy = DefaultStrategy(
+            prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
+            prune_scale3d=cfg.prune_scale3d, refine_start_iter=cfg.refine_start, refine_stop_iter=cfg.refine_stop,
+            refine_every=cfg.refine_every, reset_every=cfg.reset_every,
+        )
+        self.full_strategy = self.strategy
+        self.no_grow_strategy = dataclasses.replace(self.strategy, grow_grad2d=math.inf)
+        self._build(init_splats(cfg, device) if splats is None else splats)
+        self.strategy_state: dict[str, Any] = self.strategy.initialize_state(scene_scale=1.0)
+
+    def _build(self, splats: dict[str, Tensor]) -> None:
+        self.splats = torch.nn.ParameterDict({k: torch.nn.Parameter(splats[k].to(self.device).float()) for k in PARAM_KEYS})
+        lrs = {"means": self.cfg.lr_means, "scales": self.cfg.lr_scales, "quats": self.cfg.lr_quats,
+               "opacities": self.cfg.lr_opacities, "sh0": self.cfg.lr_colors, "shN": self.cfg.lr_colors / 20}
+        self.optimizers = {k: torch.optim.Adam([self.splats[k]], lr=lrs[k], eps=1e-15) for k in PARAM_KEYS}
+        self.strategy.check_sanity(self.splats, self.optimizers)
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        s = self.splats
+        rgbd, alpha, meta = rasterize_gaussians(
+            s["means"], s["quats"], torch.exp(s["scales"]), torch.sigmoid(s["opacities"]),
+            torch.cat([s["sh0"], s["shN"]], 1), cameras.viewmats, cameras.Ks, cameras.width, cameras.height,
+            sh_degree=self.cfg.sh_degree, backgrounds=background.to(s["means"]), render_mode="RGB+ED",
+            packed=False, backend=self.backend,
+        )
+        return RenderOutput(rgb=rgbd[..., :3].clamp(0, 1), alpha=alpha, depth=rgbd[..., 3:4], info=meta)
+
+    def regularization(self, out: RenderOutput, step: int, max_steps: int) -> Tensor:
+        if self.cfg.scale_reg <= 0:
+            return torch.zeros((), device=self.device)
+        return self.cfg.scale_reg * torch.exp(self.splats["scales"]).amax(-1).mean()
+
+    # ------------------------------------------------------------------ optimization
+
+    def pre_backward(self, step: int, out: RenderOutput) -> None:
+        if torch.is_grad_enabled() and out.info["means2d"].requires_grad:
+            self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, step, out.info)
+
+    def optimizer_step(self, step: int, out: RenderOutput) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if out.info["means2d"].grad is None:  # nothing reached the Gaussians this step
+            return
+        at_cap = self.num_primitives() >= self.cfg.max_gaussians
+        strategy = self.no_grow_strategy if at_cap else self.full_strategy
+        strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, step, out.info, packed=False)
+        excess = self.num_primitives() - self.cfg.max_gaussians
+        if excess > 0:  # growth overshot the cap: drop the faintest Gaussians
+            faint = torch.topk(self.splats["opacities"].detach(), excess, largest=False).indices
+            mask = torch.zeros(self.num_primitives(), dtype=torch.bool, device=self.device)
+            mask[faint] = True
+            remove(self.splats, self.optimizers, self.strategy_state, mask)
+
+    def num_primitives(self) -> int:
+        return int(self.splats["means"].shape[0])
+
+    # ------------------------------------------------------------------ export queries
+
+    @torch.no_grad()
+    def _field(self, points: Tensor, chunk_pairs: int = 4_000_000) -> tuple[Tensor, Tensor]:
+        """Density [M] and density-weighted colour sum [M,3] at points (3-sigma support).
+
+        Gaussians are binned into a uniform grid by their 3-sigma bounding spheres; each point
+        tests only the Gaussians of its cell.
+        """
+        s = self.splats
+        mu = s["means"].detach()
+        scales = torch.exp(s["scales"].detach())
+        opac = torch.sigmoid(s["opacities"].detach())
+        rgb = (0.5 + SH_C0 * s["sh0"].detach()[:, 0]).clamp(0, 1)
+        rot = quat_to_rotmat(s["quats"].detach())
+        reach = 3 * scales.amax(-1)
+        points = points.to(mu)
+        lo = torch.minimum((mu - reach[:, None]).amin(0), points.amin(0))
+        hi = torch.maximum((mu + reach[:, None]).amax(0), points.amax(0))
+        cell = max(float((hi - lo).max()) / 64, 2 * float(reach.median()))
+        while float(((2 * reach / cell).floor() + 2).pow(3).sum()) > 2e7:  # bound the (cell, Gaussian) pairs
+            cell *= 1.5
+        dims = ((hi - lo) / cell).floor().long() + 1
+        g_lo = ((mu - reach[:, None] - lo) / cell).floor().long().clamp_min(0)
+        g_hi = torch.minimum(((mu + reach[:, None] - lo) / cell).floor().long(), dims - 1)
+        box = g_hi - g_lo + 1
+        counts = box.prod(-1)
+        gid = torch.repeat_interleave(torch.arange(len(mu), device=mu.device), counts)
+        local = torch.arange(len(gid), device=mu.device) - (torch.cumsum(counts, 0) - counts)[gid]
+        bx, by = box[gid, 0], box[gid, 1]
+        ix = g_lo[gid, 0] + local % bx
+        iy = g_lo[gid, 1] + (local // bx) % by
+        iz = g_lo[gid, 2] + local // (bx * by)
+        keys = (iz * dims[1] + iy) * dims[0] + ix
+        keys, order = torch.sort(keys)
+        gid = gid[order]
+        p_idx = ((points - lo) / cell).floor().long()
+        p_idx = torch.minimum(p_idx.clamp_min(0), dims - 1)
+        p_keys = (p_idx[:, 2] * dims[1] + p_idx[:, 1]) * dims[0] + p_idx[:, 0]
+        starts = torch.searchsorted(keys, p_keys)
+        n_per = torch.searchsorted(keys, p_keys, right=True) - starts
+        dens = torch.zeros(len(points), device=mu.device, dtype=mu.dtype)
+        col = torch.zeros(len(points), 3, device=mu.device, dtype=mu.dtype)
+        cum = torch.cumsum(n_per, 0)
+        begin = 0
+        while begin < len(points):
+            budget = (cum[begin] - n_per[begin] + chunk_pairs).reshape(1)
+            end = max(int(torch.searchsorted(cum, budget, right=True)), begin + 1)
+            n = n_per[begin:end]
+            pid = begin + torch.repeat_interleave(torch.arange(end - begin, device=mu.device), n)
+            off = torch.arange(len(pid), device=mu.device) - (torch.cumsum(n, 0) - n)[pid - begin]
+            g = gid[starts[pid] + off]
+            d = ((points[pid] - mu[g])[:, None, :] @ rot[g])[:, 0] / scales[g]  # local frame / sigma
+            m2 = (d * d).sum(-1)
+            w = torch.where(m2 <= 9.0, opac[g] * torch.exp(-0.5 * m2), torch.zeros_like(m2))
+            dens.index_add_(0, pid, w)
+            col.index_add_(0, pid, w[:, None] * rgb[g])
+            begin = end
+        return dens, col
+
+    def density(self, points: Tensor) -> Tensor:
+        return self._field(points)[0]
+
+    def albedo(self, points: Tensor) -> Tensor:
+        dens, col = self._field(points)
+        grey = torch.full_like(col, 0.5)
+        return torch.where(dens[:, None] > 1e-8, col / dens.clamp_min(1e-8)[:, None], grey)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "splats": {k: v.detach().clone() for k, v in self.splats.items()},
+            "optimizers": {k: copy.deepcopy(opt.state_dict()) for k, opt in self.optimizers.items()},
+            "strategy_state": {k: v.clone() if isinstance(v, Tensor) else v for k, v in self.strategy_state.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._build(state["splats"])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(copy.deepcopy(state["optimizers"][k]))
+        self.strategy_state = {
+            k: v.clone().to(self.device) if isinstance(v, Tensor) else v for k, v in state["strategy_state"].items()
+        }

@@ -1,0 +1,194 @@
+"""The Gaussian scene: rendering, fitting, densification with gsplat's strategy on the torch
+backend, checkpoints that resume bit-identically, and the density/albedo export queries."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from sds3d.cameras import orbit_cameras
+from sds3d.render.torch_rasterizer import SH_C0, quat_to_rotmat
+from sds3d.scenes.gaussians import GaussianScene, GaussiansConfig
+from sds3d.types import RenderOutput, Scene, SDS3DError
+
+CPU = torch.device("cpu")
+CAMS = orbit_cameras([10.0, 20.0, 0.0, 30.0], [0.0, 90.0, 180.0, -90.0], 2.5, 45.0, 32, 32)
+WHITE = torch.ones(4, 3)
+
+
+def small(**kw) -> GaussiansConfig:
+    base = dict(num_init=300, init_scale=0.05, init_opacity=0.3, refine_start=10_000)
+    return GaussiansConfig(**(base | kw))
+
+
+def target_image() -> torch.Tensor:
+    """Renders of a red ball: what the fitted scene should become."""
+    torch.manual_seed(123)
+    gt = small(init_opacity=0.8).setup(CPU)
+    with torch.no_grad():
+        gt.splats["sh0"].fill_((1.0 - 0.5) / SH_C0)
+        gt.splats["sh0"][..., 1:] = (0.0 - 0.5) / SH_C0
+        return gt.render(CAMS, WHITE).rgb
+
+
+def train_step(scene: GaussianScene, step: int, target: torch.Tensor) -> float:
+    out = scene.render(CAMS, WHITE)
+    scene.pre_backward(step, out)
+    loss = (out.rgb - target).square().mean()
+    loss.backward()
+    scene.optimizer_step(step, out)
+    return loss.item()
+
+
+def test_render_outputs() -> None:
+    torch.manual_seed(0)
+    scene = small().setup(CPU)
+    assert isinstance(scene, Scene) and scene.num_primitives() == 300
+    assert scene.splats["shN"].shape == (300, 0, 3) and scene.splats["sh0"].shape == (300, 1, 3)
+    out = scene.render(CAMS, WHITE)
+    assert isinstance(out, RenderOutput)
+    assert out.rgb.shape == (4, 32, 32, 3) and out.alpha.shape == (4, 32, 32, 1) and out.depth.shape == (4, 32, 32, 1)
+    assert 0 <= out.rgb.min() and out.rgb.max() <= 1
+    fg = out.alpha[..., 0] > 0.5
+    assert fg.float().mean() > 0.05 and (out.alpha < 0.01).float().mean() > 0.3  # an object on a background
+    assert (out.depth[fg] - 2.5).abs().max() < 0.8  # cameras at distance 2.5, ball radius 0.5
+    assert out.rgb[~fg].mean() > 0.9  # white background
+    assert out.info["radii"].shape == (4, 300, 2)
+    assert float(scene.regularization(out, 0, 10)) == 0.0
+    assert small(scale_reg=1.0).setup(CPU).regularization(out, 0, 10).item() == pytest.approx(0.05, rel=1e-5)
+
+
+def test_sh_degree_3_scene_renders() -> None:
+    scene = small(sh_degree=3).setup(CPU)
+    assert scene.splats["shN"].shape == (300, 15, 3)
+    with torch.no_grad():
+        scene.splats["shN"].normal_(0, 0.3)
+    out = scene.render(CAMS, WHITE)
+    assert torch.isfinite(out.rgb).all()
+
+
+def test_fitting_lowers_loss() -> None:
+    target = target_image()
+    torch.manual_seed(0)
+    scene = small(lr_colors=0.1, lr_opacities=0.1).setup(CPU)
+    losses = [train_step(scene, i, target) for i in range(25)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_densification_changes_count_and_respects_cap() -> None:
+    target = target_image()
+    torch.manual_seed(0)
+    cfg = small(refine_start=1, refine_every=3, refine_stop=100, grow_grad2d=1e-5, max_gaussians=1000)
+    scene = cfg.setup(CPU)
+    counts = []
+    for i in range(1, 8):
+        train_step(scene, i, target)
+        counts.append(scene.num_primitives())
+    assert counts[:2] == [300, 300] and counts[2] > 300, counts  # step 3 is the first refine step
+    assert max(counts) <= 1000
+    for key, opt in scene.optimizers.items():  # optimizer states follow the new tensors
+        assert opt.param_groups[0]["params"][0] is scene.splats[key]
+        assert opt.state[scene.splats[key]]["exp_avg"].shape == scene.splats[key].shape
+    assert scene.strategy_state["count"].shape == (scene.num_primitives(),)
+
+    torch.manual_seed(0)
+    capped = dataclasses.replace(cfg, max_gaussians=350).setup(CPU)
+    for i in range(1, 8):
+        train_step(capped, i, target)
+        assert capped.num_primitives() <= 350
+    assert capped.num_primitives() > 300
+
+
+def test_state_dict_resumes_bit_identically() -> None:
+    target = target_image()
+    torch.manual_seed(0)
+    cfg = small(refine_start=1, refine_every=2, refine_stop=100, grow_grad2d=1e-5)
+    scene = cfg.setup(CPU)
+    for i in range(1, 4):
+        train_step(scene, i, target)
+    state = scene.state_dict()
+    n_saved = scene.num_primitives()
+    assert n_saved != 300
+
+    torch.manual_seed(7)
+    ref = [train_step(scene, i, target) for i in range(4, 7)]
+    ref_params = {k: v.detach().clone() for k, v in scene.splats.items()}
+
+    torch.manual_seed(99)
+    resumed = cfg.setup(CPU)  # a different random init with a different count
+    resumed.load_state_dict(state)
+    assert resumed.num_primitives() == n_saved
+    torch.manual_seed(7)
+    again = [train_step(resumed, i, target) for i in range(4, 7)]
+    assert again == ref
+    for k, v in resumed.splats.items():
+        assert torch.equal(v, ref_params[k]), k
+
+
+def manual_scene() -> GaussianScene:
+    cfg = small(num_init=3)
+    splats = {
+        "means": torch.tensor([[0.3, 0.0, 0.0], [-0.3, 0.0, 0.0], [0.0, 0.0, 0.4]]),
+        "scales": torch.log(torch.tensor([[0.05, 0.05, 0.05], [0.1, 0.02, 0.05], [0.03, 0.03, 0.03]])),
+        "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, -0.3, 0.2], [1.0, 0.0, 0.0, 0.0]]),
+        "opacities": torch.logit(torch.tensor([0.8, 0.5, 0.9])),
+        "sh0": ((torch.eye(3) - 0.5) / SH_C0)[:, None, :],
+        "shN": torch.zeros(3, 0, 3),
+    }
+    return GaussianScene(cfg, CPU, splats)
+
+
+def brute_force_density(scene: GaussianScene, pts: torch.Tensor) -> torch.Tensor:
+    s = scene.splats
+    rot, scales = quat_to_rotmat(s["quats"].detach()), torch.exp(s["scales"].detach())
+    d = torch.einsum("pnj,nji->pni", pts[:, None] - s["means"].detach()[None], rot) / scales[None]
+    m2 = d.square().sum(-1)
+    w = torch.sigmoid(s["opacities"].detach())[None] * torch.exp(-0.5 * m2) * (m2 <= 9)
+    return w.sum(-1)
+
+
+def test_density_and_albedo() -> None:
+    scene = manual_scene()
+    pts = torch.tensor([[0.3, 0.0, 0.0], [0.0, 0.0, 0.4], [2.0, 2.0, 2.0], [0.3, 0.0, 0.1], [0.0, 0.9, 0.0]])
+    dens = scene.density(pts)
+    assert dens[0] == pytest.approx(0.8, abs=1e-5) and dens[1] == pytest.approx(0.9, abs=1e-5)
+    assert dens[2] == 0 and dens[4] == 0  # far away (and 2 sigma along z: 0.8 exp(-2))
+    assert dens[3] == pytest.approx(0.8 * math.exp(-2), rel=1e-4)
+    alb = scene.albedo(pts)
+    assert torch.allclose(alb[0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4)
+    assert torch.allclose(alb[1], torch.tensor([0.0, 0.0, 1.0]), atol=1e-4)
+    assert torch.allclose(alb[2], torch.full((3,), 0.5))  # empty space: neutral grey
+
+    torch.manual_seed(1)
+    scene = small(num_init=400, init_scale=0.04).setup(CPU)
+    with torch.no_grad():
+        scene.splats["scales"].add_(torch.randn(400, 3) * 0.5)
+        scene.splats["quats"].normal_()
+    pts = torch.rand(3000, 3) * 1.4 - 0.7
+    dense = brute_force_density(scene, pts)
+    assert (dense > 0.1).float().mean() > 0.05
+    assert torch.allclose(scene.density(pts), dense, atol=1e-5)
+    assert torch.allclose(scene._field(pts, chunk_pairs=500)[0], dense, atol=1e-5)  # many chunks
+
+
+def test_config_errors() -> None:
+    with pytest.raises(SDS3DError, match="CUDA"):
+        GaussiansConfig(backend="gsplat").setup(CPU)
+    with pytest.raises(SDS3DError, match="sh-degree"):
+        GaussiansConfig(sh_degree=4)
+    with pytest.raises(SDS3DError, match="max-gaussians"):
+        GaussiansConfig(num_init=10, max_gaussians=5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat kernels)")
+def test_cuda_scene_matches_torch_backend() -> None:
+    torch.manual_seed(0)
+    gpu = small().setup(torch.device("cuda"))
+    cpu = GaussianScene(small(), CPU, {k: v.detach().cpu() for k, v in gpu.splats.items()})
+    a = gpu.render(CAMS.to("cuda"), WHITE.cuda())
+    b = cpu.render(CAMS, WHITE)
+    assert (a.rgb.cpu() - b.rgb).abs().max() < 1e-4 and (a.alpha.cpu() - b.alpha).abs().max() < 1e-4
+    assert torch.equal(a.info["radii"].cpu(), b.info["radii"])
