@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _PRIMES = (1, 2654435761, 805459861)
@@ -89,6 +90,7 @@ class HashGrid(nn.Module):
         self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
         self.register_buffer("dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
+        self.n_dense = sum(dense)  # dense levels are the first ones (resolution grows)
         # The 8 cell corners as 0/1 offsets [8,3].
         corners = torch.stack(torch.meshgrid(*[torch.arange(2)] * 3, indexing="ij"), -1).reshape(8, 3)
         self.register_buffer("corners", corners, persistent=False)
@@ -135,18 +137,20 @@ class HashGrid(nn.Module):
         # Per axis, the two vertex coordinates [N,L,3,2] and their 1-D interpolation weights.
         v = torch.stack([cell, cell + 1], -1)
         w = torch.stack([1 - frac, frac], -1)
-        # Table rows of the 8 corners, combining per-axis terms by broadcasting [N,L,2,2,2].
-        side = (self.resolutions + 1)[None, :, None]
-        d = v * torch.stack([torch.ones_like(side), side, side * side], 2)  # dense: x + y s + z s^2
+        # Table rows of the 8 corners [N,L,2,2,2], combining per-axis terms by broadcasting.
+        # Levels are sorted by resolution, so the dense ones come first.
+        k = self.n_dense
+        side = (self.resolutions[:k] + 1)[None, :, None]
+        d = v[:, :k] * torch.stack([torch.ones_like(side), side, side * side], 2)  # x + y s + z s^2
         dense_rows = d[:, :, 0, :, None, None] + d[:, :, 1, None, :, None] + d[:, :, 2, None, None, :]
-        h = v * self.primes[None, None, :, None]  # hashed: (x p0 ^ y p1 ^ z p2) mod T
+        h = v[:, k:] * self.primes[None, None, :, None]  # (x p0 ^ y p1 ^ z p2) mod T
         hashed = torch.bitwise_xor(
             torch.bitwise_xor(h[:, :, 0, :, None, None], h[:, :, 1, None, :, None]), h[:, :, 2, None, None, :]
         )
-        hashed = torch.remainder(hashed, self.sizes[None, :, None, None, None])
-        rows = torch.where(self.dense[None, :, None, None, None], dense_rows, hashed)
-        rows = rows + self.offsets[None, :, None, None, None]
+        hashed = torch.remainder(hashed, self.sizes[None, k:, None, None, None])
+        rows = torch.cat([dense_rows, hashed], 1) + self.offsets[None, :, None, None, None]
         weights = w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]
-        feats = self.table[rows.reshape(-1)].reshape(n, L, 8, -1)  # one gather for all levels
+        # One gather for all levels; embedding backward is deterministic (sorted), index_put is not.
+        feats = F.embedding(rows.reshape(-1), self.table).reshape(n, L, 8, -1)
         out = torch.einsum("nlc,nlcf->nlf", weights.reshape(n, L, 8), feats) * self.level_mask[None, :, None]
         return out.reshape(n, -1)
