@@ -1,0 +1,96 @@
+"""Noise-Free Score Distillation (Katzir, Patashnik, Cohen-Or, Lischinski, ICLR 2024,
+arXiv 2310.17590).
+
+SDS's ``e_cfg - eps`` is split into a condition direction ``d_C`` and a domain direction
+``d_D``; NFSD drops the noise term and estimates ``d_D`` with a negative prompt:
+
+    d_C = s (e(y) - e(0))                              e(0): empty prompt
+    d_D = e(0)                  if t < 200             (small noise: e(0) is a good denoiser)
+        = e(0) - e(neg)         otherwise              (steer away from the "bad" domain)
+    g   = w(t) (d_C + d_D),     w(t) = 1 - ab_t,       s = 7.5, no eps term
+
+The switch is per sample. The default negative prompt (when the run has none) is
+:data:`sds3d.prompts.NFSD_NEGATIVE_PROMPT`. All three predictions come from ONE
+``prior.predict_noise`` call. With Perp-Neg the front and side view prompts join the call and
+``e(y) - e(0)`` in ``d_C`` becomes the Perp-Neg direction (base ``e(0)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sds3d.cameras import Cameras
+from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noisy, sample_timesteps, weight
+from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
+from sds3d.prompts import NFSD_NEGATIVE_PROMPT, PromptSet
+from sds3d.types import GuidanceOutput, Prior
+
+
+@dataclass(frozen=True)
+class NFSDConfig:
+    """Noise-Free Score Distillation (Katzir et al. 2023)."""
+
+    guidance_scale: float = 7.5
+    """Scale s of the condition direction d_C = s (e(y) - e(0))."""
+    low_t_threshold: int = 200
+    """Below this timestep d_D = e(0); at or above it d_D = e(0) - e(neg)."""
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    """Timestep range and annealing."""
+    weighting: Weighting = "sds"
+    """w(t): sds = 1 - alphas_cumprod[t], uniform = 1."""
+    grad_clip: float | None = None
+    """Clip g (None: off): elements to [-c, c], or per-sample L2 norm to c (see grad_clip_mode)."""
+    grad_clip_mode: ClipMode = "value"
+    """value: clamp each element of g; norm: rescale each sample's g to L2 norm <= grad_clip."""
+
+    def setup(self, prior: Prior, prompts: PromptSet) -> NFSDGuidance:
+        return NFSDGuidance(self, prior, prompts)
+
+
+class NFSDGuidance:
+    """The :class:`sds3d.types.Guidance` for NFSD."""
+
+    def __init__(self, cfg: NFSDConfig, prior: Prior, prompts: PromptSet) -> None:
+        self.cfg = cfg
+        self.prior = prior
+        if not prompts.negative:
+            prompts = dataclasses.replace(prompts, negative=NFSD_NEGATIVE_PROMPT)
+        self.prompts = prompts
+        self.perp_neg = check_perp_neg(prompts)
+
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+        prior, cfg = self.prior, self.cfg
+        x = prior.encode_images(rgb)
+        b = x.shape[0]
+        t = sample_timesteps(cfg.timesteps, b, step, max_steps, prior.num_train_timesteps, x.device)
+        eps = torch.randn_like(x)
+        x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
+        conds: list[Any] = [
+            prior.condition(self.prompts.for_cameras(cameras)),
+            prior.condition(self.prompts.empties(b)),
+            prior.condition(self.prompts.negatives(b)),
+        ]
+        if self.perp_neg:
+            conds += [prior.condition(p) for p in perp_neg_prompts(self.prompts, b)]
+        e = prior.predict_noise(x_t, t, conds, cameras)
+        e_y, e_0, e_neg = e[0], e[1], e[2]
+        direction = e_y - e_0
+        if self.perp_neg:
+            w_pn = perp_neg_weights(cameras, self.prompts).to(x.device)
+            direction = direction + perp_neg_term(direction, e[3:], e_0, w_pn)
+        d_c = cfg.guidance_scale * direction
+        low = (t < cfg.low_t_threshold).view(-1, 1, 1, 1)
+        d_d = torch.where(low, e_0, e_0 - e_neg)
+        g = weight(cfg.weighting, prior.alphas_cumprod, t) * (d_c + d_d)
+        return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode, low_t_fraction=low.float().mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

@@ -1,0 +1,88 @@
+"""Score Distillation Sampling (Poole et al., "DreamFusion: Text-to-3D using 2D Diffusion",
+ICLR 2023).
+
+    x_t   = sqrt(ab_t) x + sqrt(1 - ab_t) eps,       t ~ U[t_min, t_max] T, eps ~ N(0, I)
+    e_cfg = e(u) + s (e(y) - e(u))                   u = negative prompt if given, else ""
+    g     = w(t) (e_cfg - eps),                      w(t) = 1 - ab_t
+    loss  = 0.5 ||x - sg(x - g)||^2 / B              (d loss / d x = g / B)
+
+Defaults: s = 100, t in [0.02, 0.98] T, no annealing, no clipping. ``e(y)`` uses the camera's
+view-dependent prompt; both predictions come from ONE ``prior.predict_noise`` call. With
+Perp-Neg (``PromptSet.perp_neg``) the front and side view prompts join that call and
+``e(y) - e(u)`` is replaced by the Perp-Neg direction of :mod:`sds3d.guidance.perp_neg`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sds3d.cameras import Cameras
+from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noisy, sample_timesteps, weight
+from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
+from sds3d.prompts import PromptSet
+from sds3d.types import GuidanceOutput, Prior
+
+
+@dataclass(frozen=True)
+class SDSConfig:
+    """Score Distillation Sampling (DreamFusion)."""
+
+    guidance_scale: float = 100.0
+    """Classifier-free guidance scale s."""
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    """Timestep range and annealing."""
+    weighting: Weighting = "sds"
+    """w(t): sds = 1 - alphas_cumprod[t], uniform = 1."""
+    grad_clip: float | None = None
+    """Clip g (None: off): elements to [-c, c], or per-sample L2 norm to c (see grad_clip_mode)."""
+    grad_clip_mode: ClipMode = "value"
+    """value: clamp each element of g; norm: rescale each sample's g to L2 norm <= grad_clip."""
+
+    def setup(self, prior: Prior, prompts: PromptSet) -> SDSGuidance:
+        return SDSGuidance(self, prior, prompts)
+
+
+class SDSGuidance:
+    """The :class:`sds3d.types.Guidance` for SDS."""
+
+    def __init__(self, cfg: SDSConfig, prior: Prior, prompts: PromptSet) -> None:
+        self.cfg = cfg
+        self.prior = prior
+        self.prompts = prompts
+        self.perp_neg = check_perp_neg(prompts)
+
+    def unconditional_prompts(self, n: int) -> list[str]:
+        return self.prompts.negatives(n) if self.prompts.negative else self.prompts.empties(n)
+
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+        prior, cfg = self.prior, self.cfg
+        x = prior.encode_images(rgb)
+        b = x.shape[0]
+        t = sample_timesteps(cfg.timesteps, b, step, max_steps, prior.num_train_timesteps, x.device)
+        eps = torch.randn_like(x)
+        x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
+        conds: list[Any] = [
+            prior.condition(self.prompts.for_cameras(cameras)),
+            prior.condition(self.unconditional_prompts(b)),
+        ]
+        if self.perp_neg:
+            conds += [prior.condition(p) for p in perp_neg_prompts(self.prompts, b)]
+        e = prior.predict_noise(x_t, t, conds, cameras)
+        e_y, e_u = e[0], e[1]
+        delta = e_y - e_u
+        if self.perp_neg:
+            w_pn = perp_neg_weights(cameras, self.prompts).to(x.device)
+            delta = delta + perp_neg_term(delta, e[2:], e_u, w_pn)
+        e_cfg = e_u + cfg.guidance_scale * delta
+        g = weight(cfg.weighting, prior.alphas_cumprod, t) * (e_cfg - eps)
+        return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
