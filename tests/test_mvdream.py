@@ -147,6 +147,11 @@ def test_loads_original_ldm_checkpoint(tmp_path: Path, tiny_unet: torch.nn.Modul
         loaded = load_mvdream_unet(str(source), config=TINY).eval()
         x, t, ctx, cam = _inputs(b=8)
         torch.testing.assert_close(_run(loaded, x, t, ctx, cam, 4), _run(ref, x, t, ctx, cam, 4), atol=0, rtol=0)
+    legacy = tmp_path / "legacy" / "model.ckpt"  # the pre-zip torch.save format (cannot be memory-mapped)
+    legacy.parent.mkdir()
+    torch.save({"state_dict": raw}, legacy, _use_new_zipfile_serialization=False)
+    loaded = load_mvdream_unet(str(legacy), config=TINY).eval()
+    torch.testing.assert_close(_run(loaded, x, t, ctx, cam, 4), _run(ref, x, t, ctx, cam, 4), atol=0, rtol=0)
     # The diffusers-format folder (our save format) round-trips too.
     save_mvdream_diffusers(loaded, tmp_path / "converted")
     again = load_mvdream_unet(str(tmp_path / "converted")).eval()

@@ -132,7 +132,10 @@ def read_ldm_unet_state(path: Path) -> dict[str, Tensor]:
 
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            try:  # memory-mapped: only the UNet's tensors are ever read
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError:  # legacy (non-zip) torch.save format cannot be mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt/truncated files all get the one line
         raise SDS3DError(f"cannot read MVDream checkpoint {path} ({type(e).__name__}); re-download sd-v2.1-base-4view.pt") from e
     if isinstance(state, dict) and "state_dict" in state:
