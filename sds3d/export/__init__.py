@@ -141,13 +141,29 @@ def extract_mesh(
 def export_scene(
     scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraConfig, device: torch.device | str
 ) -> ExportResult:
-    """Extract, colour and write the scene's mesh (+ gaussians.ply, turntable, fidelity) into ``out_dir``."""
-    from sds3d.export.fidelity import mesh_fidelity
-    from sds3d.export.turntable import mesh_turntable, write_video
+    """Extract, colour and write the scene's mesh (+ gaussians.ply, turntable, fidelity) into ``out_dir``.
+
+    Scenes with ``set_training`` (NeRF) are switched to evaluation (albedo shading) meanwhile.
+    """
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    set_training = getattr(scene, "set_training", None)  # NeRF: fixed samples and albedo shading
+    was_training = bool(getattr(scene, "training", True))
+    if set_training is not None:
+        set_training(False)
+    try:
+        return _export(scene, out_dir, cfg, cameras_cfg, device, t0)
+    finally:
+        if set_training is not None:
+            set_training(was_training)
+
+
+def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraConfig, device, t0: float) -> ExportResult:
+    from sds3d.export.fidelity import mesh_fidelity
+    from sds3d.export.turntable import mesh_turntable, write_video
+
     mesh, threshold, iou = extract_mesh(scene, cfg, cameras_cfg, device)
     final = mesh
     if cfg.texture:

@@ -49,8 +49,9 @@ def scene_bounds(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned box [lo, hi] to sample the density in.
 
     Gaussians (``scene.splats``): the 3-sigma extent of all Gaussians with opacity > 0.5%;
-    a scene with an ``aabb`` attribute ([6] or [2,3]): that box; otherwise the cube
-    [-1, 1]^3. Always clipped to ``[-SCENE_LIMIT, SCENE_LIMIT]^3``.
+    a scene with an ``aabb`` attribute ([6] or [2,3]): that box; one with a bounding-sphere
+    ``radius`` (attribute, or ``cfg.radius`` as the NeRF has): its cube; otherwise the cube [-1, 1]^3. Always clipped to
+    ``[-SCENE_LIMIT, SCENE_LIMIT]^3``.
     """
     lo, hi = np.full(3, -1.0), np.full(3, 1.0)
     splats = getattr(scene, "splats", None)
@@ -67,7 +68,16 @@ def scene_bounds(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     elif aabb is not None:
         box = torch.as_tensor(aabb).detach().float().reshape(2, 3).cpu().double().numpy()
         lo, hi = box[0], box[1]
+    elif isinstance(_radius(scene), float):
+        lo, hi = np.full(3, -_radius(scene)), np.full(3, _radius(scene))
     return np.maximum(lo, -SCENE_LIMIT), np.minimum(hi, SCENE_LIMIT)
+
+
+def _radius(scene: Scene) -> float | None:
+    r = getattr(scene, "radius", None)
+    if r is None:
+        r = getattr(getattr(scene, "cfg", None), "radius", None)
+    return float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 else None
 
 
 @torch.no_grad()
@@ -107,9 +117,12 @@ def threshold_cameras(cameras_cfg: CameraConfig, n: int = THRESHOLD_VIEWS, resol
     return orbit_cameras(el, az, cameras_cfg.eval_distance, cameras_cfg.eval_fovy, resolution, resolution)
 
 
-def ray_max_density(grid: np.ndarray, origin: np.ndarray, voxel: float, cameras: Cameras, chunk: int = 1 << 22) -> Tensor:
+@torch.no_grad()
+def ray_max_density(
+    grid: np.ndarray, origin: np.ndarray, voxel: float, cameras: Cameras, device: torch.device | str = "cpu", chunk: int = 1 << 22
+) -> Tensor:
     """[B,H,W] maximum of the trilinearly interpolated grid along each camera ray (half-voxel steps)."""
-    vol = torch.from_numpy(grid).permute(2, 1, 0)[None, None].contiguous()  # [1,1,z,y,x] for grid_sample
+    vol = torch.from_numpy(grid).to(device).permute(2, 1, 0)[None, None].contiguous()  # [1,1,z,y,x] for grid_sample
     lo = torch.as_tensor(origin, dtype=torch.float32)
     size = torch.as_tensor((np.array(grid.shape) - 1) * voxel, dtype=torch.float32)
     o, d = cameras.to("cpu").rays()
@@ -122,9 +135,9 @@ def ray_max_density(grid: np.ndarray, origin: np.ndarray, voxel: float, cameras:
     far = torch.maximum(t0, t1).amin(-1)
     hit = torch.nonzero(far > near)[:, 0]
     steps = int(math.ceil(float(size.norm()) / (0.5 * voxel))) + 1
-    s = torch.linspace(0.0, 1.0, steps)
-    o_n, d_n = 2.0 * (o[hit] - lo) / size - 1.0, 2.0 * d[hit] / size  # grid_sample's [-1,1] box
-    near, span = near[hit], far[hit] - near[hit]
+    s = torch.linspace(0.0, 1.0, steps, device=device)
+    o_n, d_n = (2.0 * (o[hit] - lo) / size - 1.0).to(device), (2.0 * d[hit] / size).to(device)  # grid_sample's [-1,1] box
+    near, span = near[hit].to(device), (far[hit] - near[hit]).to(device)
     out = torch.zeros(len(o))
     rays_per_chunk = max(1, chunk // steps)
     for r in range(0, len(hit), rays_per_chunk):
@@ -132,7 +145,7 @@ def ray_max_density(grid: np.ndarray, origin: np.ndarray, voxel: float, cameras:
         t = near[sl, None] + span[sl, None] * s[None]
         coords = torch.addcmul(o_n[sl, None], t[..., None], d_n[sl, None])
         vals = F.grid_sample(vol, coords[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[hit[sl]] = vals.reshape(-1, steps).amax(-1)
+        out[hit[sl]] = vals.reshape(-1, steps).amax(-1).cpu()
     return out.reshape(B, H, W)
 
 
@@ -195,7 +208,7 @@ def auto_threshold(
     """Threshold by the silhouette rule on :func:`threshold_cameras` views; returns (tau, IoU)."""
     cams = threshold_cameras(cameras_cfg)
     alpha = render_alpha(scene, cams, device)
-    return silhouette_threshold(ray_max_density(grid, origin, voxel, cams), alpha)
+    return silhouette_threshold(ray_max_density(grid, origin, voxel, cams, device), alpha)
 
 
 def marching_cubes(grid: np.ndarray, threshold: float, origin: np.ndarray, voxel: float) -> trimesh.Trimesh:

@@ -1,7 +1,7 @@
 """Albedo texture baking: xatlas UVs, projection of scene renders with visibility, seam filling.
 
-1. UV unwrap with xatlas (Young, "xatlas", a port of thekla_atlas): vertices are split along
-   chart seams; every face gets its own region of the [0,1]^2 atlas.
+1. UV unwrap with xatlas (J. Young's xatlas, derived from thekla_atlas): vertices are split
+   along chart seams; every face gets its own region of the [0,1]^2 atlas.
 2. Rasterize the atlas: every texel centre inside a UV triangle gets that face and its
    barycentric coordinates, hence a surface point p and an interpolated normal n.
 3. Colour per texel, by ``source``:
@@ -23,6 +23,9 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Literal
 
 import numpy as np
@@ -40,11 +43,47 @@ from sds3d.types import Scene, SDS3DError
 TextureSource = Literal["auto", "renders", "albedo"]
 
 
-def uv_unwrap(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """xatlas parametrization: (vertex map into ``mesh.vertices`` [M], faces [F,3], uvs [M,2])."""
-    vmapping, indices, uvs = xatlas.parametrize(
-        np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32)
-    )
+def _parametrize(verts: np.ndarray, faces: np.ndarray, size: int, max_chart_area: float) -> tuple[np.ndarray, ...]:
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(verts, faces)
+    chart_options, pack_options = xatlas.ChartOptions(), xatlas.PackOptions()
+    chart_options.max_chart_area = max_chart_area
+    pack_options.resolution = int(size)
+    pack_options.padding = 2
+    atlas.generate(chart_options, pack_options)
+    if atlas.atlas_count != 1:  # charts spilled into a second page: let xatlas size one page itself
+        pack_options.resolution = 0
+        atlas.generate(chart_options, pack_options)
+    return atlas[0]
+
+
+def uv_unwrap(mesh: trimesh.Trimesh, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas parametrization for a ``size``^2 texture: (vertex map into ``mesh.vertices`` [M], faces [F,3], uvs [M,2]).
+
+    Charts are capped at 1/128 of the surface area: xatlas's chart growing is superlinear in
+    chart size (a 100k-face sphere takes minutes uncapped, seconds capped); charts are packed
+    with 2 texels of padding. xatlas can crash (segfault) on perfectly symmetric inputs, so it
+    runs in a forked child process where available; after a crash it is retried once on
+    positions jittered by 1e-4 of the mesh size (the UVs still belong to the original mesh).
+    """
+    verts = np.asarray(mesh.vertices, dtype=np.float32)
+    faces = np.asarray(mesh.faces, dtype=np.uint32)
+    max_chart_area = float(mesh.area) / 128.0
+    rng, jitter = np.random.default_rng(0), 1e-4 * float(np.linalg.norm(mesh.extents))
+    if "fork" not in multiprocessing.get_all_start_methods():
+        out = _parametrize(verts, faces, size, max_chart_area)
+    else:
+        out = None
+        for attempt in range(2):
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+                try:
+                    out = pool.submit(_parametrize, verts, faces, size, max_chart_area).result()
+                    break
+                except BrokenProcessPool:
+                    verts = verts + rng.normal(0.0, jitter, verts.shape).astype(np.float32)
+        if out is None:
+            raise SDS3DError("xatlas crashed unwrapping the mesh; export without --export.texture or with a lower --export.face-budget")
+    vmapping, indices, uvs = out
     return vmapping.astype(np.int64), indices.astype(np.int64), uvs.astype(np.float64)
 
 
@@ -167,7 +206,7 @@ def bake_texture(
         raise SDS3DError(f"--export.texture-size {size} is too small; use at least 16 (default 1024)")
     if source == "auto":
         source = "renders" if hasattr(scene, "splats") else "albedo"
-    vmap, faces, uvs = uv_unwrap(mesh)
+    vmap, faces, uvs = uv_unwrap(mesh, size)
     verts = np.asarray(mesh.vertices)[vmap]
     vnormals = np.asarray(mesh.vertex_normals)[vmap]
     face_of, bary = rasterize_uv(uvs, faces, size)
