@@ -194,17 +194,17 @@ def composite_tiles(
     Returns colors [I,H,W,D] and alphas [I,H,W,1]. ``chunk`` Gaussians per tile per iteration.
     """
     I, th, tw = isect_offsets.shape
-    G, P, D = I * th * tw, tile_size * tile_size, colors.shape[-1]
+    G, P, D, ts = I * th * tw, tile_size * tile_size, colors.shape[-1], tile_size
     dev, dt = means2d.device, means2d.dtype
     starts = isect_offsets.reshape(-1).long()
     ends = torch.cat([starts[1:], torch.tensor([len(flatten_ids)], device=dev)])
     counts = ends - starts
-    # Pixel centres of every tile: [G,P]
+    # Pixel centres along x and y of every tile ([G,ts] each): dx only depends on the column
+    # and dy on the row, so the quadratic form needs only two full [A,ts,ts,k] products.
     g = torch.arange(G, device=dev)
-    ty, tx = (g // tw) % th, g % tw
-    local = torch.arange(P, device=dev)
-    px = (tx[:, None] * tile_size + local % tile_size).to(dt) + 0.5
-    py = (ty[:, None] * tile_size + local // tile_size).to(dt) + 0.5
+    local = torch.arange(ts, device=dev)
+    px = ((g % tw)[:, None] * ts + local).to(dt) + 0.5
+    py = (((g // tw) % th)[:, None] * ts + local).to(dt) + 0.5
 
     out = torch.zeros(G, P, D, device=dev, dtype=dt)
     T = torch.ones(G, P, device=dev, dtype=dt)
@@ -213,28 +213,33 @@ def composite_tiles(
     n_isects = len(flatten_ids)
     s = 0
     while len(active) > 0:
-        k = min(chunk, int(counts[active].max()) - s)
+        A, k = len(active), min(chunk, int(counts[active].max()) - s)
         pos = starts[active, None] + s + torch.arange(k, device=dev)  # [A,k]
-        in_list = pos < ends[active, None]
         ids = flatten_ids[pos.clamp_max(n_isects - 1)]
-        mu, con, op, col = means2d[ids], conics[ids], opacities[ids], colors[ids]  # [A,k,...]
-        dx = mu[:, None, :, 0] - px[active][:, :, None]  # [A,P,k]
-        dy = mu[:, None, :, 1] - py[active][:, :, None]
-        sigma = 0.5 * (con[:, None, :, 0] * dx * dx + con[:, None, :, 2] * dy * dy) + con[:, None, :, 1] * dx * dy
+        mu, con, col = means2d[ids], conics[ids], colors[ids]  # [A,k,...]
+        op = torch.where(pos < ends[active, None], opacities[ids], torch.zeros_like(opacities[ids]))
+        dx = mu[:, None, :, 0] - px[active][:, :, None]  # [A,ts(x),k]
+        dy = mu[:, None, :, 1] - py[active][:, :, None]  # [A,ts(y),k]
+        xx = (con[:, None, :, 0] * dx * dx)[:, None]  # [A,1,ts,k]
+        yy = (con[:, None, :, 2] * dy * dy)[:, :, None]  # [A,ts,1,k]
+        xy = (con[:, None, :, 1] * dx)[:, None] * dy[:, :, None]  # [A,ts,ts,k]
+        sigma = (0.5 * (xx + yy) + xy).reshape(A, P, k)
         alpha = torch.clamp_max(op[:, None, :] * torch.exp(-sigma), ALPHA_MAX)
         T_a = T[active]
         with torch.no_grad():
-            keep = in_list[:, None, :] & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done[active][:, :, None]
-            a0 = torch.where(keep, alpha, torch.zeros_like(alpha))
-            # Exclusive early stop: T after a Gaussian is non-increasing, so the kept set is a prefix.
-            next_T = T_a[:, :, None] * torch.cumprod(1 - a0, -1)
-            keep &= next_T > T_MIN
-            done[active] |= next_T[..., -1] <= T_MIN
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        trans = torch.cumprod(1 - alpha, -1)  # [A,P,k] transmittance after each Gaussian
-        T_before = torch.cat([T_a[:, :, None], T_a[:, :, None] * trans[..., :-1]], -1)
-        out = out.index_add(0, active, torch.einsum("apk,akd->apd", alpha * T_before, col))
-        T = T.index_copy(0, active, T_a * trans[..., -1])
+            valid = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & ~done[active][:, :, None]
+        alpha = alpha * valid
+        trans = torch.cumprod(1 - alpha, -1)  # [A,P,k] transmittance after each Gaussian / T_a
+        with torch.no_grad():
+            # Exclusive early stop: T only decreases, so the Gaussians before it form a prefix.
+            keep = T_a[:, :, None] * trans > T_MIN
+            n_keep = keep.sum(-1, keepdim=True)
+            done[active] |= ~keep[..., -1]
+        T_before = T_a[:, :, None] * torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
+        weights = alpha * keep * T_before
+        out = out.index_add(0, active, torch.bmm(weights, col))
+        T_after = T_a * torch.where(n_keep > 0, trans.gather(-1, (n_keep - 1).clamp_min(0)), torch.ones_like(T_a[..., None]))[..., 0]
+        T = T.index_copy(0, active, T_after)
         s += k
         active = active[(counts[active] > s) & ~done[active].all(-1)]
 
