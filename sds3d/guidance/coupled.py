@@ -57,7 +57,9 @@ class CoupledConfig:
     """Timesteps of BOTH terms (replaces --coupled.sds/vsd.timesteps): default t in
     [0.02, 0.98] T, t_max -> 0.5 after half the steps."""
     sds: SDSConfig = SDSConfig()
+    """The 2D term when two_d is sds (its timesteps are replaced by --coupled.timesteps)."""
     vsd: VSDConfig = VSDConfig()
+    """The 2D term when two_d is vsd (its timesteps are replaced by --coupled.timesteps)."""
 
     def __post_init__(self) -> None:
         if self.lam < 0:
