@@ -256,26 +256,27 @@ def test_state_dict_round_trip_resumes_bit_identically(tmp_path) -> None:
         assert torch.equal(v, other.field.state_dict()[k]), k
 
 
-def test_num_primitives_counts_parameters_on_cpu() -> None:
-    scene = _scene()
-    assert scene.num_primitives() == sum(p.numel() for p in scene.field.parameters())
-
-
-def test_occupancy_grid_update_marks_the_blob() -> None:
-    """The grid update is plain torch: run it on the CPU (only the marching needs CUDA)."""
-    import nerfacc
-
-    scene = _scene(occ_update_interval=4)
-    out = scene.render(_cams(1, 8), torch.ones(1, 3))  # dense path (no estimator on the CPU)
-    out.rgb.mean().backward()
-    est = scene.estimator = nerfacc.OccGridEstimator([-1.0] * 3 + [1.0] * 3, 16)
-    scene.optimizer_step(0, out)  # step 0: update (every 4 steps)
+def test_occupancy_grid_update_skips_empty_space_on_cpu() -> None:
+    """The grid update is plain torch; on the CPU the dense samples in empty cells are skipped."""
+    scene = _scene(occ_resolution=16, occ_update_interval=4)
+    no_grid = _scene(occupancy=False)
+    assert no_grid.estimator is None and no_grid.num_primitives() == sum(p.numel() for p in no_grid.field.parameters())
+    est = scene.estimator
+    assert est is not None and bool(est.binaries.all())  # everything is sampled before the first update
+    scene.set_training(False)
+    cams = _cams(2, 12)
+    with torch.no_grad():
+        full = scene.render(cams, torch.ones(2, 3))
+        scene.optimizer_step(0, full)  # no gradients: only the occupancy update (step 0 of every 4)
+        skip = scene.render(cams, torch.ones(2, 3))
     occ = est.binaries[0]
     assert occ[7:9, 7:9, 7:9].all()  # the centre of the blob
     assert not occ[0, 0, 0] and not occ[15, 15, 15]  # corners: outside the bounding sphere
     assert scene.num_primitives() == int(occ.sum()) < 16**3 // 4
-    state = scene.state_dict()
-    assert torch.equal(state["estimator"]["binaries"], est.binaries)
+    assert skip.info["num_samples"] < 0.5 * full.info["num_samples"]
+    assert (skip.alpha - full.alpha).abs().max() < 0.01
+    assert (skip.rgb - full.rgb).abs().max() < 0.01
+    assert torch.equal(scene.state_dict()["estimator"]["binaries"], est.binaries)
 
 
 # ----------------------------------------------------------------------------- CUDA

@@ -13,7 +13,9 @@ sphere ``|x| < radius``:
 * dense (any device): ``S`` equal bins per ray, ``[rays, S]`` tensors; the field is queried
   at a uniformly jittered point of each bin when ``stratified`` (training), at the bin's
   middle otherwise; ``nerfacc.render_weight_from_density`` and ``accumulate_along_rays`` in
-  their batched (dense) form, which run on the CPU.
+  their batched (dense) form, which run on the CPU. Optionally samples in empty cells of an
+  occupancy grid (grown by one cell) are skipped (density 0), without nerfacc's CUDA-only
+  marching.
 * occupancy grid (CUDA only): ``nerfacc.OccGridEstimator.sampling`` marches with a fixed step
   and skips empty cells and occluded samples; packed samples (``ray_indices``) go through the
   same two nerfacc functions in their packed form.
@@ -117,17 +119,57 @@ def _composite(
 
 
 def render_rays_dense(
-    field_fn: FieldFn, origins: Tensor, dirs: Tensor, radius: float, num_samples: int, stratified: bool
+    field_fn: FieldFn,
+    origins: Tensor,
+    dirs: Tensor,
+    radius: float,
+    num_samples: int,
+    stratified: bool,
+    occupied: Callable[[Tensor], Tensor] | None = None,
 ) -> RayBundleOutput:
-    """Dense ``[rays, samples]`` rendering; works on every device."""
+    """Dense ``[rays, samples]`` rendering; works on every device.
+
+    ``occupied(points [N,3]) -> bool [N]``, if given, skips the field at the other samples
+    (their density is 0): an occupancy grid's empty-space skipping without packed kernels.
+    """
     n_rays = origins.shape[0]
     t_starts, t_ends, t_sample = dense_intervals(origins, dirs, radius, num_samples, stratified)
-    points = origins[:, None, :] + t_sample[..., None] * dirs[:, None, :]
+    points = (origins[:, None, :] + t_sample[..., None] * dirs[:, None, :]).reshape(-1, 3)
     ray_indices = torch.arange(n_rays, device=origins.device).repeat_interleave(num_samples)
-    sigmas, rgbs, normals = field_fn(points.reshape(-1, 3), ray_indices)
+    if occupied is None:
+        sigmas, rgbs, normals = field_fn(points, ray_indices)
+        queried = points.shape[0]
+    else:
+        keep = occupied(points).nonzero()[:, 0]
+        s_k, c_k, n_k = field_fn(points[keep], ray_indices[keep])
+        sigmas = points.new_zeros(points.shape[0]).index_put((keep,), s_k)
+        rgbs = points.new_zeros(points.shape[0], 3).index_put((keep,), c_k)
+        normals = None if n_k is None else points.new_zeros(points.shape[0], 3).index_put((keep,), n_k)
+        queried = int(keep.numel())
     weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas.reshape(n_rays, num_samples))
     normals = None if normals is None else normals.reshape(n_rays, num_samples, 3)
-    return _composite(weights, t_sample, rgbs.reshape(n_rays, num_samples, 3), normals, dirs, None, n_rays)
+    out = _composite(weights, t_sample, rgbs.reshape(n_rays, num_samples, 3), normals, dirs, None, n_rays)
+    out.num_samples = queried
+    return out
+
+
+def occupancy_lookup(estimator: nerfacc.OccGridEstimator, points: Tensor, dilate: int = 1) -> Tensor:
+    """bool [N]: is the cell of each point, or one within ``dilate`` cells, occupied (level 0).
+
+    The grid update tests one random point per cell, so it misses cells where the density
+    varies fast; growing the occupied region by a cell keeps the skipped samples' share of
+    the opacity small.
+    """
+    grid = estimator.binaries[0]
+    if dilate > 0:
+        k = 2 * dilate + 1
+        grid = torch.nn.functional.max_pool3d(grid[None, None].float(), k, stride=1, padding=dilate)[0, 0] > 0
+    aabb = estimator.aabbs[0]
+    res = estimator.resolution.to(points.device)
+    u = (points - aabb[:3]) / (aabb[3:] - aabb[:3])
+    inside = ((u >= 0) & (u <= 1)).all(-1)
+    cell = torch.minimum((u.clamp(0, 1) * res).long(), res - 1)
+    return grid[cell[:, 0], cell[:, 1], cell[:, 2]] & inside
 
 
 def render_rays_occgrid(

@@ -18,7 +18,8 @@ orientation (Ref-NeRF, Verbin et al. 2022; DreamFusion) ``mean_rays sum_i w_i ma
 penalizes visible normals facing away from the camera; opacity sparsity is the mean opacity
 or the mean binary entropy of the opacity.
 
-Sampling: nerfacc's occupancy grid on CUDA, its dense ``[rays, samples]`` path elsewhere (see
+Sampling: nerfacc's occupancy-grid marching on CUDA, its dense ``[rays, samples]`` path
+elsewhere, skipping samples in empty cells of the same occupancy grid (see
 :mod:`sds3d.render.nerf_render`). Rays are rendered in chunks; with gradients, each chunk is
 activation-checkpointed so memory stays that of one chunk (512x512 renders fit).
 """
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sds3d.cameras import Cameras
-from sds3d.render.nerf_render import RayBundleOutput, render_rays_dense, render_rays_occgrid
+from sds3d.render.nerf_render import RayBundleOutput, occupancy_lookup, render_rays_dense, render_rays_occgrid
 from sds3d.scenes.hashgrid import HashGrid, HashGridConfig
 from sds3d.types import RenderOutput, SDS3DError
 
@@ -89,12 +90,15 @@ class NerfConfig:
     num_samples: int = 64
     """Samples per ray across the bounding sphere (dense path); the CUDA path marches with
     the same spacing, 2 radius / num_samples."""
+    occupancy: bool = True
+    """Skip empty space with an occupancy grid: nerfacc marching on CUDA; elsewhere the dense
+    samples that fall in empty cells are not queried."""
     occ_resolution: int = 64
-    """Occupancy grid cells per axis (CUDA path)."""
+    """Occupancy grid cells per axis."""
     occ_update_interval: int = 16
-    """Update the occupancy grid every N steps (CUDA path)."""
+    """Update the occupancy grid every N steps."""
     occ_alpha_threshold: float = 0.01
-    """Skip samples whose opacity is below this, and cells below it (CUDA path)."""
+    """Cells whose opacity over one step is below this are empty (CUDA: samples too)."""
     ray_chunk: int = 16384
     """Rays rendered per chunk."""
     checkpoint_chunks: bool = True
@@ -166,7 +170,7 @@ class NerfScene:
         self.training = True
         self.step = 0
         self.estimator: nerfacc.OccGridEstimator | None = None
-        if device.type == "cuda":
+        if cfg.occupancy:
             r = cfg.radius
             self.estimator = nerfacc.OccGridEstimator([-r, -r, -r, r, r, r], cfg.occ_resolution).to(device)
             self.estimator.binaries.fill_(True)  # march everywhere until the first update
@@ -243,13 +247,15 @@ class NerfScene:
 
     def _render_chunk(self, origins: Tensor, dirs: Tensor, lights: Tensor | None, shading: Shading) -> tuple[Tensor, ...]:
         field_fn = self._field_fn(shading, lights, self._needs_normals(shading))
-        if self.estimator is not None:
+        if self.estimator is not None and origins.is_cuda:
             out = render_rays_occgrid(
                 self.estimator, field_fn, self.field.density, origins, dirs, self.cfg.radius,
                 self.step_size, self.cfg.occ_alpha_threshold, self.training,
             )  # fmt: skip
         else:
-            out = render_rays_dense(field_fn, origins, dirs, self.cfg.radius, self.cfg.num_samples, self.training)
+            est = self.estimator
+            occupied = None if est is None else (lambda x: occupancy_lookup(est, x))
+            out = render_rays_dense(field_fn, origins, dirs, self.cfg.radius, self.cfg.num_samples, self.training, occupied)
         n = torch.tensor(out.num_samples, device=origins.device)
         return out.rgb, out.opacity, out.depth, out.normal, out.orientation, n
 
@@ -314,7 +320,7 @@ class NerfScene:
         pass
 
     def optimizer_step(self, step: int, out: RenderOutput) -> None:
-        """Adam step, zero grads, coarse-to-fine level mask, occupancy-grid update (CUDA)."""
+        """Adam step, zero grads, coarse-to-fine level mask, occupancy-grid update."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step + 1
@@ -328,7 +334,7 @@ class NerfScene:
             )
 
     def num_primitives(self) -> int:
-        """Occupied occupancy-grid cells on CUDA; the number of field parameters elsewhere."""
+        """Occupied occupancy-grid cells (the number of field parameters with --no-occupancy)."""
         if self.estimator is not None:
             return int(self.estimator.binaries.sum())
         return sum(p.numel() for p in self.field.parameters())
