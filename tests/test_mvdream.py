@@ -11,12 +11,10 @@ from sds3d.cameras import orbit_cameras
 from sds3d.priors.mvdream import (
     CAMERA_DIM,
     MVDreamConfig,
-    MVDreamPrior,
     build_multiview_unet,
     camera_condition,
     load_mvdream,
     load_mvdream_unet,
-    random_mvdream,
     save_mvdream_diffusers,
     set_num_frames,
 )
@@ -209,11 +207,3 @@ def test_prior_through_load_mvdream(tmp_path: Path, tiny_sd_dir: Path, tiny_unet
     with pytest.raises(SDS3DError, match="camera"):
         prior.predict_noise(x, t, [cond])
 
-
-def test_random_mvdream_tiny() -> None:
-    prior = random_mvdream("tiny", torch.device("cpu"), torch.float32)
-    assert isinstance(prior, MVDreamPrior)
-    cams = orbit_cameras(10.0, [0.0, 90.0, 180.0, 270.0], 3.0, 40.0, 16, 16)
-    x = prior.encode_images(torch.rand(4, 16, 16, 3))
-    eps = prior.predict_noise(x, torch.full((4,), 100), [prior.condition(["a"] * 4)], cams)
-    assert eps.shape == (1, *x.shape) and torch.isfinite(eps).all()
