@@ -31,6 +31,15 @@ from sds3d.types import Guidance, SDS3DError
 C, H, W = 3, 8, 8
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny models run ~10x faster single-threaded on a shared, busy 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def sd_alphas_cumprod(T: int = 1000) -> Tensor:
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, T) ** 2
     return torch.cumprod(1.0 - betas, 0)
