@@ -1,0 +1,275 @@
+"""The exemplar prior: an exact diffusion score over a library of rendered meshes.
+
+The data distribution is the finite set of library renders ``y_i`` (pixels in [-1, 1],
+``resolution``^2, see :mod:`sds3d.priors.exemplar_library`). With the DDPM forward process of
+Stable Diffusion (scaled-linear betas 0.00085 -> 0.012, 1000 steps) the optimal denoiser is the
+closed-form posterior mean (e.g. Karras et al., "Elucidating the Design Space of
+Diffusion-Based Generative Models", NeurIPS 2022, eq. 57, in DDPM form):
+
+    x0_hat(x_t) = sum_i softmax_i( -|x_t - sqrt(ab) y_i|^2 / (2 (1 - ab)) ) y_i
+    eps(x_t)    = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab)
+
+The ``|x_t|^2`` term is the same for every ``i`` and drops out of the softmax, so the logits are
+``(sqrt(ab) x_t . y_i - ab |y_i|^2 / 2) / (1 - ab)``: one matmul (chunked over library images)
+shared by all K conditionings, a masked softmax per conditioning (log-sum-exp stable), then
+one weighted sum that reads only the images whose weight exceeds 1e-12 in some row (below
+float32 resolution; at small t that is a handful of images, at large t all of them).
+
+Conditionings (:meth:`ExemplarPrior.condition`): a prompt selects the images of the library
+objects it names (case-insensitive; a match when either text contains the other, so
+"a DSLR photo of a snowman" names "a snowman"). ``""`` selects all objects (unconditional).
+A comma-separated text whose parts name library objects (a negative prompt) selects those;
+one that names none (e.g. NFSD's "unrealistic, blurry, ...") selects all objects, i.e.
+``e(neg)`` falls back to the unconditional ``e(0)``. A text without commas that names no
+object raises an error listing the library's prompts. With ``view_dependent`` a suffix
+", front view" / ", side view" / ", back view" / ", overhead view" further restricts to the
+library images of that view bucket (:func:`sds3d.cameras.view_buckets`); when the bucket has no
+images (overhead views are outside the training elevations) the restriction is dropped.
+
+Multi-view mode (``multi_view=True``, ``num_views=4``): samples come in groups of 4 views 90
+degrees apart and the posterior is over library *groups* (the joint distribution of their 4
+views; every group also enters in its 4 cyclic view orders), with log-weights
+
+    sum_k [ -|x_t^k - sqrt(ab_k) y_g^k|^2 / (2 (1 - ab_k)) ]
+        - sum_k [ (el_k - el_g^k)^2 + wrap(az_k - az_g^k)^2 ] / (2 camera_sigma^2)
+
+so the chosen groups' views line up with the requested cameras. The group's object set comes
+from the first view's prompt; view suffixes are ignored (the cameras do that job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sds3d.cameras import VIEW_NAMES, CameraConfig, Cameras, view_buckets
+from sds3d.priors.exemplar_library import (
+    DEFAULT_CACHE,
+    LibraryObject,
+    builtin_library,
+    load_library_dir,
+    render_library,
+    render_object,
+)
+from sds3d.types import SDS3DError
+
+VIEW_SUFFIXES = tuple(f", {v} view" for v in VIEW_NAMES)
+WEIGHT_FLOOR = 1e-12
+"""Posterior weights below this (in every row) are skipped in the weighted sum (float32 noise)."""
+
+
+@dataclass(frozen=True)
+class ExemplarConfig:
+    """The exemplar prior (exact score over rendered library meshes; runs on CPU)."""
+
+    resolution: int = 64
+    """Size of the library renders and of the prior's pixel space."""
+    num_groups: int = 96
+    """Camera groups per object (4 views each: 96 -> 384 images per object)."""
+    view_dependent: bool = True
+    """Restrict ', front view' etc. prompts to library images of that view bucket."""
+    multi_view: bool = False
+    """Joint distribution of 4 views 90 degrees apart, weighted by camera closeness."""
+    camera_sigma: float = 15.0
+    """Width (degrees) of the Gaussian camera-closeness kernel of the multi-view mode."""
+    chunk: int = 1024
+    """Library images per matmul chunk (bounds memory for large libraries)."""
+    cache_dir: Path = DEFAULT_CACHE
+    """Where the library renders are cached."""
+
+
+@dataclass(frozen=True)
+class ExemplarCondition:
+    """Opaque conditioning: allowed objects and an optional view bucket."""
+
+    objects: tuple[int, ...]
+    bucket: str | None
+
+
+def _strip_suffix(prompt: str) -> tuple[str, str | None]:
+    for view, suffix in zip(VIEW_NAMES, VIEW_SUFFIXES):
+        if prompt.endswith(suffix):
+            return prompt[: -len(suffix)], view
+    return prompt, None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+class ExemplarPrior:
+    """Closed-form posterior-mean denoiser over library renders (implements ``Prior``)."""
+
+    prediction_type = "epsilon"
+    num_train_timesteps = 1000
+
+    def __init__(self, objects: list[LibraryObject], device: torch.device, cfg: ExemplarConfig = ExemplarConfig(), camera_cfg: CameraConfig = CameraConfig()) -> None:
+        from diffusers import DDPMScheduler
+
+        self.cfg, self.device, self.objects = cfg, torch.device(device), objects
+        self.camera_cfg = camera_cfg
+        self.num_views = 4 if cfg.multi_view else 1
+        sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        self.alphas_cumprod = sched.alphas_cumprod.to(torch.float32).to(self.device)
+        lib = render_library(objects, cfg.resolution, cfg.num_groups, camera_cfg, cfg.cache_dir)
+        self.prompts = lib.prompts
+        n_obj, G, V = lib.images.shape[:3]
+        self.images = lib.images.reshape(n_obj * G * V, -1).to(self.device)  # [M, D], object-major
+        self.sq_norms = (self.images.double() ** 2).sum(-1).float()  # [M]
+        self.object_id = torch.arange(n_obj).repeat_interleave(G * V).to(self.device)  # [M]
+        el, az = lib.elevation.reshape(-1), lib.azimuth.reshape(-1)  # [G*V]
+        buckets = torch.tensor([VIEW_NAMES.index(b) for b in view_buckets(el, az)])
+        self.bucket_id = buckets.repeat(n_obj).to(self.device)  # [M]
+        self.lib_elevation = lib.elevation.to(self.device)  # [G, 4]
+        self.lib_azimuth = lib.azimuth.to(self.device)
+        self._cache: dict[str, ExemplarCondition] = {}
+
+    # ------------------------------------------------------------------ pixel space
+
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        x = rgb.permute(0, 3, 1, 2).to(torch.float32)
+        R = self.cfg.resolution
+        if x.shape[-2:] != (R, R):
+            x = F.interpolate(x, size=(R, R), mode="bilinear", align_corners=False, antialias=x.shape[-1] > R)
+        return x * 2.0 - 1.0
+
+    def decode(self, x: Tensor) -> Tensor:
+        return ((x.detach().float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
+    # ------------------------------------------------------------------ prompts
+
+    def _match(self, text: str) -> tuple[int, ...]:
+        t = _norm(text)
+        return tuple(i for i, p in enumerate(self.prompts) if _norm(p) in t or t in _norm(p))
+
+    def condition(self, prompts: Sequence[str]) -> list[ExemplarCondition]:
+        out = []
+        for prompt in prompts:
+            if prompt not in self._cache:
+                self._cache[prompt] = self._condition_one(prompt)
+            out.append(self._cache[prompt])
+        return out
+
+    def _condition_one(self, prompt: str) -> ExemplarCondition:
+        text, bucket = _strip_suffix(prompt)
+        if not self.cfg.view_dependent or self.cfg.multi_view:
+            bucket = None
+        everything = tuple(range(len(self.prompts)))
+        if not _norm(text):
+            return ExemplarCondition(everything, bucket)
+        objects = self._match(text)
+        if not objects and "," in text:  # a negative prompt: the objects its parts name
+            objects = tuple(sorted({i for part in text.split(",") if _norm(part) for i in self._match(part)}))
+            objects = objects or everything
+        if not objects:
+            listed = "; ".join(f"'{p}'" for p in self.prompts)
+            raise SDS3DError(f"prompt '{text}' names no object of the exemplar library; use one of: {listed}")
+        if bucket is not None:
+            has = ((self.bucket_id == VIEW_NAMES.index(bucket)) & self._object_mask(objects)).any()
+            bucket = bucket if bool(has) else None
+        return ExemplarCondition(objects, bucket)
+
+    def _object_mask(self, objects: tuple[int, ...]) -> Tensor:
+        return torch.isin(self.object_id, torch.tensor(objects, device=self.device))
+
+    def _allowed(self, cond: ExemplarCondition) -> Tensor:
+        """[M] bool: library images this conditioning may use."""
+        mask = self._object_mask(cond.objects)
+        if cond.bucket is not None:
+            mask = mask & (self.bucket_id == VIEW_NAMES.index(cond.bucket))
+        return mask
+
+    # ------------------------------------------------------------------ denoiser
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[list[ExemplarCondition]], cameras: Cameras | None = None) -> Tensor:
+        x_t = x_t.detach().to(self.device, torch.float32)
+        B = x_t.shape[0]
+        ab = self.alphas_cumprod[t.to(self.device)].view(B, 1)
+        allowed = torch.stack([torch.stack([self._allowed(c) for c in conds]) for conds in conditions])  # [K,B,M]
+        if self.cfg.multi_view:
+            x0 = self._posterior_mean_groups(x_t.reshape(B, -1), ab, allowed, cameras)
+        else:
+            x0 = self._posterior_mean(x_t.reshape(B, -1), ab, allowed)
+        eps = (x_t.reshape(1, B, -1) - ab.sqrt() * x0) / (1.0 - ab).sqrt()
+        return eps.reshape(len(conditions), *x_t.shape)
+
+    def _logits(self, x: Tensor, ab: Tensor) -> Tensor:
+        """[B,M] log-weights up to a per-row constant: (sqrt(ab) x.y - ab |y|^2 / 2) / (1 - ab)."""
+        dots = torch.cat([x @ self.images[lo : lo + self.cfg.chunk].T for lo in range(0, len(self.images), self.cfg.chunk)], 1)
+        return (ab.sqrt() * dots - 0.5 * ab * self.sq_norms) / (1.0 - ab)
+
+    def _weighted_sum(self, w: Tensor, images: Tensor) -> Tensor:
+        """w [R,N] @ images [N,D], reading only the images some row weights above WEIGHT_FLOOR."""
+        used = torch.nonzero((w > WEIGHT_FLOOR).any(0))[:, 0]
+        if len(used) < 0.75 * w.shape[1]:
+            return w[:, used] @ images[used]
+        return w @ images
+
+    def _posterior_mean(self, x: Tensor, ab: Tensor, allowed: Tensor) -> Tensor:
+        """x [B,D], ab [B,1], allowed [K,B,M] -> x0_hat [K,B,D]."""
+        K, B, M = allowed.shape
+        logits = self._logits(x, ab).expand(K, B, M).masked_fill(~allowed, -torch.inf)
+        w = torch.softmax(logits, -1).reshape(K * B, M)
+        return self._weighted_sum(w, self.images).reshape(K, B, -1)
+
+    def _posterior_mean_groups(self, x: Tensor, ab: Tensor, allowed: Tensor, cameras: Cameras | None) -> Tensor:
+        """Multi-view: posterior over library groups (x4 cyclic orders), per group of 4 samples."""
+        if cameras is None or x.shape[0] % 4:
+            raise SDS3DError("the multi-view exemplar prior needs cameras and a batch of groups of 4 views")
+        K, B, M = allowed.shape
+        S, G = B // 4, self.lib_elevation.shape[0]
+        n_obj = M // (4 * G)
+        logits = self._logits(x, ab).reshape(S, 4, n_obj, G, 4)  # per view against every image
+        el = cameras.elevation.to(self.device).reshape(S, 4)
+        az = cameras.azimuth.to(self.device).reshape(S, 4)
+        total = []
+        for shift in range(4):  # library view (k + shift) % 4 plays requested view k
+            order = [(k + shift) % 4 for k in range(4)]
+            data = sum(logits[:, k, :, :, order[k]] for k in range(4))  # [S, n_obj, G]
+            d_el = el[:, None, :] - self.lib_elevation[None, :, order]  # [S, G, 4]
+            d_az = torch.remainder(az[:, None, :] - self.lib_azimuth[None, :, order] + 180.0, 360.0) - 180.0
+            close = -(d_el**2 + d_az**2).sum(-1) / (2.0 * self.cfg.camera_sigma**2)  # [S, G]
+            total.append(data + close[:, None, :])
+        total = torch.stack(total, -1)  # [S, n_obj, G, shift]
+        obj_ok = allowed.reshape(K, S, 4, n_obj, G * 4)[:, :, 0].any(-1)  # [K, S, n_obj] (first view's prompt)
+        w = total[None].masked_fill(~obj_ok[..., None, None], -torch.inf)  # [K,S,n_obj,G,shift]
+        w = torch.softmax(w.reshape(K, S, -1), -1).reshape(K * S, n_obj * G, 4)
+        imgs = self.images.reshape(n_obj * G, 4, -1)
+        x0 = torch.zeros(K * S, 4, x.shape[1], device=self.device)
+        for shift in range(4):
+            for k in range(4):
+                x0[:, k] += self._weighted_sum(w[..., shift], imgs[:, (k + shift) % 4])
+        return x0.reshape(K, S * 4, -1)
+
+    # ------------------------------------------------------------------ ground truth
+
+    def truth(self, prompt: str) -> LibraryObject:
+        """The library object a (positive) prompt names."""
+        objects = self._condition_one(prompt).objects
+        if len(objects) != 1:
+            raise SDS3DError(f"prompt '{prompt}' names {len(objects)} library objects; name exactly one")
+        return self.objects[objects[0]]
+
+    def render_truth(self, prompt: str, cameras: Cameras) -> tuple[Tensor, Tensor]:
+        """Ground-truth renders of the prompt's object: rgb [B,H,W,3] (white bg, Lambert), alpha."""
+        from sds3d.render.raycast import raycast_mesh
+
+        rgb, alpha, _ = raycast_mesh(self.truth(prompt).mesh, cameras, (1.0, 1.0, 1.0), "lambert")
+        return rgb, alpha
+
+
+def load_exemplar(spec: str, device: torch.device, cfg: ExemplarConfig = ExemplarConfig()) -> ExemplarPrior:
+    """``"exemplar"`` (built-in library) or ``"exemplar:DIR"`` (a folder of meshes)."""
+    if spec == "exemplar":
+        objects = builtin_library()
+    elif spec.startswith("exemplar:") and spec[len("exemplar:") :]:
+        objects = load_library_dir(spec[len("exemplar:") :])
+    else:
+        raise SDS3DError(f"--prior {spec!r}: write 'exemplar' or 'exemplar:DIR' (a folder of .glb/.obj/.ply meshes)")
+    return ExemplarPrior(objects, device, cfg)
