@@ -81,4 +81,4 @@ def rasterize_gaussians(
     )
 
 
-__all__ = ["Backend", "rasterize_gaussians", "resolve_backend"]
+__all__ = ["Backend", "TORCH_TILE_SIZE", "rasterize_gaussians", "resolve_backend"]
