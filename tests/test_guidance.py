@@ -359,3 +359,23 @@ def test_methods_run_three_steps_with_tiny_sd(tiny_sd_dir: Path, tmp_path: Path)
             assert rgb.grad is not None and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
             opt.step()
         assert guidance.state_dict() == {}
+
+
+def test_methods_run_three_steps_with_exemplar_prior(tmp_path: Path) -> None:
+    from sds3d.guidance.vsd import VSDConfig
+    from sds3d.priors.exemplar import ExemplarConfig, ExemplarPrior
+    from sds3d.priors.exemplar_library import builtin_library
+
+    prior = ExemplarPrior(builtin_library()[:2], torch.device("cpu"), ExemplarConfig(resolution=16, num_groups=2, cache_dir=tmp_path))
+    prompts = PromptSet(prior.prompts[0], perp_neg=True)
+    cameras = cams([20.0, 150.0])
+    for cfg in (SDSConfig(), NFSDConfig(), CSDConfig(), VSDConfig()):
+        guidance = cfg.setup(prior, prompts)
+        rgb = torch.full((2, 16, 16, 3), 0.5, requires_grad=True)
+        opt = torch.optim.Adam([rgb], lr=0.01)
+        for step in range(3):
+            out = guidance(rgb, cameras, step, 3)
+            opt.zero_grad()
+            out.loss.backward()
+            assert rgb.grad is not None and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+            opt.step()

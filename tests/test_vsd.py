@@ -147,7 +147,7 @@ def test_lora_trains_and_leaves_base_bit_identical() -> None:
     conds = [prior.condition([PROMPT] * 2), prior.condition(["", ""])]
     before_pred = prior.predict_noise(x_probe, t_probe, conds)
     before = base_weights(prior.unet)
-    guidance = VSDConfig(lr=3e-2).setup(prior, PromptSet(PROMPT, view_dependent=False))
+    guidance = VSDConfig(lr=3e-3).setup(prior, PromptSet(PROMPT, view_dependent=False))
     phi = guidance.phi
     assert isinstance(phi, LoraScore)
     assert all(p.dtype == torch.float32 for p in phi.lora_params) and len(phi.lora_params) > 0
@@ -159,7 +159,10 @@ def test_lora_trains_and_leaves_base_bit_identical() -> None:
     for _ in range(30):
         phi.train_step(x0, cond, camera)
     loss1 = fixed_eval_loss(phi, prior, x0, cond, camera)
-    assert loss1 < 0.96 * loss0, (loss0, loss1)  # measured 1.220 -> 1.140
+    assert loss1 < 0.95 * loss0, (loss0, loss1)  # measured 1.220 -> 1.125
+    lora_b = [p for n, p in zip(phi.lora_names, phi.lora_params) if ".lora_B." in n]
+    assert all(float(p.abs().sum()) > 0 for p in lora_b)  # the adapter itself trained (starts at 0)
+    assert float(phi.camera_embedding.mlp.linear_2.weight.detach().abs().sum()) > 0
     after = base_weights(prior.unet)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)

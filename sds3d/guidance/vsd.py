@@ -170,12 +170,12 @@ class LoraScore:
         else:
             target = x0
         keep = (torch.rand(b, 1, device=x0.device) >= self.camera_dropout).float()
-        with self.active():
+        with self.active():  # backward inside: disabling the adapter clears requires_grad
             out = prior.unet_forward(x_t, t, cond, class_labels=camera * keep)
-        loss = F.mse_loss(out.float(), target.float())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+            loss = F.mse_loss(out.float(), target.float())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         return loss.detach()
 
     def state_dict(self) -> dict[str, Any]:
