@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from sds3d.bench.rasterizer import naive_rasterize, random_scene
+from sds3d.bench.rasterizer import RasterizerBenchConfig, naive_rasterize, random_scene, run_rasterizer_bench
 from sds3d.cameras import orbit_cameras
 from sds3d.render import rasterize_gaussians, resolve_backend
 from sds3d.render.torch_rasterizer import rasterization
@@ -173,6 +173,13 @@ def test_backend_switch() -> None:
     rgb, _, meta = rasterize_gaussians(**s, viewmats=viewmats, Ks=Ks, width=40, height=32)
     ref, _, _ = rasterization(**s, viewmats=viewmats, Ks=Ks, width=40, height=32)
     assert torch.allclose(rgb, ref, atol=1e-6) and meta["tile_size"] == 8
+
+
+def test_bench_table_and_json(tmp_path, capsys) -> None:
+    path = tmp_path / "r.json"
+    res = run_rasterizer_bench(RasterizerBenchConfig(gaussians=64, views=1, size=16, repeats=1, json_out=str(path)))
+    assert "fwd_bwd" in capsys.readouterr().out and path.exists()
+    assert all(res[k] > 0 for k in ("naive_fwd", "torch_fwd", "naive_fwd_bwd", "torch_fwd_bwd"))
 
 
 @pytest.mark.slow

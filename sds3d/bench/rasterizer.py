@@ -7,17 +7,21 @@ skip below 1/255, exclusive stop at transmittance 1e-4). It re-derives the EWA p
 with full matrices and ``torch.linalg.inv`` instead of sharing code with the rasterizer.
 
     python -m sds3d.bench.rasterizer [--gaussians 4096 --views 4 --size 64 --repeats 3]
+    sds3d bench rasterizer [same options]
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import math
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import Tensor
 
 from sds3d.cameras import orbit_cameras
@@ -149,21 +153,39 @@ def run(gaussians: int = 4096, views: int = 4, size: int = 64, repeats: int = 3,
     return res
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gaussians", type=int, default=4096, help="number of Gaussians (random, ball r=0.5)")
-    parser.add_argument("--views", type=int, default=4, help="cameras rendered together")
-    parser.add_argument("--size", type=int, default=64, help="image width and height in pixels")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the torch rasterizer (median) after one warm-up")
-    parser.add_argument("--tile-size", type=int, default=TORCH_TILE_SIZE, help="tile size of the torch rasterizer")
-    args = parser.parse_args(argv)
-    res = run(args.gaussians, args.views, args.size, args.repeats, args.tile_size)
-    print(f"{args.views} views of {args.size}x{args.size}, {args.gaussians} Gaussians, "
-          f"{torch.get_num_threads()} threads, torch median of {args.repeats}")
+@dataclass(frozen=True)
+class RasterizerBenchConfig:
+    """Naive dense reference vs the torch tile rasterizer, forward and forward+backward."""
+
+    gaussians: int = 4096
+    """Number of random Gaussians (ball of radius 0.5)."""
+    views: int = 4
+    """Cameras rendered together."""
+    size: int = 64
+    """Image width and height in pixels."""
+    repeats: int = 3
+    """Timed repeats of the torch rasterizer (median) after one warm-up."""
+    tile_size: int = TORCH_TILE_SIZE
+    """Tile size of the torch rasterizer."""
+    json_out: str | None = None
+    """Also write the numbers to this JSON file."""
+
+
+def run_rasterizer_bench(cfg: RasterizerBenchConfig) -> dict[str, float]:
+    """Run, print the table, optionally write JSON; returns the numbers."""
+    res = run(cfg.gaussians, cfg.views, cfg.size, cfg.repeats, cfg.tile_size)
+    print(f"{cfg.views} views of {cfg.size}x{cfg.size}, {cfg.gaussians} Gaussians, "
+          f"{torch.get_num_threads()} threads, torch median of {cfg.repeats}")
     print(f"{'pass':<10}{'naive [s]':>12}{'torch [s]':>12}{'speed-up':>10}")
     for p in ("fwd", "fwd_bwd"):
         print(f"{p:<10}{res[f'naive_{p}']:>12.4f}{res[f'torch_{p}']:>12.4f}{res[f'speedup_{p}']:>9.1f}x")
+    if cfg.json_out:
+        Path(cfg.json_out).write_text(json.dumps({**asdict(cfg), **res}, indent=2))
     return res
+
+
+def main() -> None:
+    run_rasterizer_bench(tyro.cli(RasterizerBenchConfig))
 
 
 if __name__ == "__main__":
