@@ -15,7 +15,7 @@ from sds3d.cameras import CameraConfig
 from sds3d.export import ExportConfig, export_scene, extract_mesh
 from sds3d.export.cleanup import clean_mesh, decimate
 from sds3d.export.fidelity import chamfer_distance, mask_iou, psnr
-from sds3d.export.marching import silhouette_threshold
+from sds3d.export.marching import auto_threshold, density_grid, marching_cubes, scene_bounds, silhouette_threshold
 from sds3d.export.writers import OURS_TO_GLTF, read_mesh, write_mesh
 from sds3d.types import RenderOutput, SDS3DError
 
@@ -92,9 +92,9 @@ FAST = dict(resolution=64, eval_views=4, eval_resolution=64, turntable=False, sp
 def render_surface_radius(profile, lo=0.0, hi=1.0) -> float:
     """Closest-approach distance b at which a ray through the radial density ``profile`` has
     optical depth ln 2 (render alpha 0.5): the silhouette of a radially symmetric scene."""
-    s = torch.linspace(-1.5, 1.5, 200_001, dtype=torch.float64)
+    s = torch.linspace(-0.8, 0.8, 32_001, dtype=torch.float64)  # the profiles vanish beyond |x| = 0.8
     depth = lambda b: float(torch.trapezoid(profile(torch.sqrt(b * b + s * s)), s))  # noqa: E731
-    for _ in range(60):
+    for _ in range(40):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if depth(mid) > math.log(2.0) else (lo, mid)
     return 0.5 * (lo + hi)
@@ -146,6 +146,20 @@ def test_auto_threshold_picks_render_surface_of_soft_profile(sigma0):
     radii = np.linalg.norm(mesh.vertices, axis=1)
     assert radii.mean() == pytest.approx(b_star, rel=0.02)
     assert tau == pytest.approx(sigma0 * math.exp(-(b_star**2) / s**2), rel=0.1)
+
+
+def test_threshold_from_renders_agrees_with_grid_opacity():
+    # the fake renders by volume rendering, like a NeRF: the rendered opacity (used for
+    # Gaussians) and the volume-rendered grid (used for NeRF) must pick the same surface
+    scene = AnalyticScene(sphere_density(width=0.03), smooth_albedo, aabb=[[-0.7] * 3, [0.7] * 3])
+    lo, hi = scene_bounds(scene)
+    grid, origin, voxel = density_grid(scene, lo, hi, 64, "cpu")
+    radii = {}
+    for source in ("render", "grid"):
+        tau, iou = auto_threshold(scene, grid, origin, voxel, CAMS, "cpu", source)
+        radii[source] = np.linalg.norm(marching_cubes(grid, tau, origin, voxel).vertices, axis=1).mean()
+        assert iou > 0.98
+    assert radii["render"] == pytest.approx(radii["grid"], rel=0.005)
 
 
 def test_silhouette_threshold_is_scale_invariant():
@@ -242,3 +256,18 @@ def test_config_errors():
         ExportConfig(resolution=4)
     with pytest.raises(SDS3DError):
         ExportConfig(threshold=-1.0)
+
+
+def test_export_scene_fidelity_and_files(tmp_path):
+    scene = AnalyticScene(sphere_density(), smooth_albedo, aabb=[[-0.6] * 3, [0.6] * 3])
+    cfg = ExportConfig(formats=("glb", "obj", "ply"), resolution=64, eval_views=4, eval_resolution=64,
+                       turntable_frames=4, turntable_resolution=32)
+    result = export_scene(scene, tmp_path, cfg, CAMS, "cpu")
+    names = sorted(p.name for p in result.paths)
+    assert names == ["mesh.glb", "mesh.obj", "mesh.ply", "turntable_mesh.mp4"]
+    assert all(p.exists() for p in result.paths)
+    assert result.fidelity["psnr"] > 25.0 and result.fidelity["mask_iou"] > 0.9
+    summary = json.loads(json.dumps(result.summary()))
+    assert summary["faces"] == result.num_faces and summary["threshold_rule"] == "auto"
+    glb = trimesh.load(tmp_path / "mesh.glb", force="mesh")
+    assert len(glb.visual.vertex_colors) == len(glb.vertices)

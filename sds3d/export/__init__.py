@@ -45,7 +45,8 @@ class ExportConfig:
     """Marching-cubes grid nodes along the longest side of the scene bounds."""
     threshold: float | None = None
     """Density iso-level. Default: automatic, the level whose silhouettes best match the
-    scene's render opacity (> 0.5) on 8 held-out views (max IoU); needs no tuning."""
+    scene's opacity (> 0.5) on 8 held-out views (max IoU; Gaussians: their renders; NeRF: the
+    volume-rendered density grid); needs no tuning."""
     face_budget: int = 100_000
     """Maximum faces after quadric decimation."""
     min_component_fraction: float = 0.02
@@ -126,7 +127,8 @@ def extract_mesh(
     grid, origin, voxel = density_grid(scene, lo, hi, cfg.resolution, device)
     iou: float | None = None
     if cfg.threshold is None:
-        threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device)
+        opacity = "render" if hasattr(scene, "splats") else "grid"  # Gaussians: not a volume density
+        threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity)
     else:
         threshold = float(cfg.threshold)
     mesh = marching_cubes(grid, threshold, origin, voxel)

@@ -11,7 +11,9 @@ it should cover exactly the pixels where the scene's own renders are opaque. A p
 covered by the level-``tau`` surface iff the maximum density along its ray exceeds ``tau``,
 so for a set of held-out views (two rings, away from the evaluation cameras) we compute
 ``m(pixel) = max_s density(o + s d)`` from the grid (trilinear) and the render opacity
-``alpha(pixel)`` from ``scene.render``, and choose
+``alpha(pixel)`` (Gaussians: from ``scene.render``; NeRF and other volume densities: by
+volume rendering the grid, ``1 - exp(-int sigma ds)``, which is what the NeRF renders), and
+choose
 
     tau* = argmax_tau IoU({m > tau}, {alpha > 0.5})
 
@@ -25,6 +27,7 @@ thousands) alike, and it picks the render-opacity-equivalent level of soft profi
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import mcubes
 import numpy as np
@@ -118,10 +121,14 @@ def threshold_cameras(cameras_cfg: CameraConfig, n: int = THRESHOLD_VIEWS, resol
 
 
 @torch.no_grad()
-def ray_max_density(
+def ray_march_grid(
     grid: np.ndarray, origin: np.ndarray, voxel: float, cameras: Cameras, device: torch.device | str = "cpu", chunk: int = 1 << 22
-) -> Tensor:
-    """[B,H,W] maximum of the trilinearly interpolated grid along each camera ray (half-voxel steps)."""
+) -> tuple[Tensor, Tensor]:
+    """March every camera ray through the trilinearly interpolated grid (half-voxel steps).
+
+    Returns ``(max density, volume-rendering opacity 1 - exp(-sum sigma ds))``, both [B,H,W];
+    the opacity is what a NeRF whose density is the grid renders.
+    """
     vol = torch.from_numpy(grid).to(device).permute(2, 1, 0)[None, None].contiguous()  # [1,1,z,y,x] for grid_sample
     lo = torch.as_tensor(origin, dtype=torch.float32)
     size = torch.as_tensor((np.array(grid.shape) - 1) * voxel, dtype=torch.float32)
@@ -138,15 +145,17 @@ def ray_max_density(
     s = torch.linspace(0.0, 1.0, steps, device=device)
     o_n, d_n = (2.0 * (o[hit] - lo) / size - 1.0).to(device), (2.0 * d[hit] / size).to(device)  # grid_sample's [-1,1] box
     near, span = near[hit].to(device), (far[hit] - near[hit]).to(device)
-    out = torch.zeros(len(o))
+    out, opacity = torch.zeros(len(o)), torch.zeros(len(o))
     rays_per_chunk = max(1, chunk // steps)
     for r in range(0, len(hit), rays_per_chunk):
         sl = slice(r, r + rays_per_chunk)
         t = near[sl, None] + span[sl, None] * s[None]
         coords = torch.addcmul(o_n[sl, None], t[..., None], d_n[sl, None])
         vals = F.grid_sample(vol, coords[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[hit[sl]] = vals.reshape(-1, steps).amax(-1).cpu()
-    return out.reshape(B, H, W)
+        vals = vals.reshape(-1, steps)
+        out[hit[sl]] = vals.amax(-1).cpu()
+        opacity[hit[sl]] = (1.0 - torch.exp(-vals.sum(-1) * span[sl] / (steps - 1))).cpu()
+    return out.reshape(B, H, W), opacity.reshape(B, H, W)
 
 
 @torch.no_grad()
@@ -161,10 +170,13 @@ def render_alpha(scene: Scene, cameras: Cameras, device: torch.device | str, bat
 
 
 def _iou_curve(m: Tensor, target: Tensor, taus: Tensor) -> Tensor:
-    inside = m[None] > taus[:, None]
-    inter = (inside & target[None]).sum(-1).float()
-    union = (inside | target[None]).sum(-1).float()
-    return inter / union.clamp_min(1.0)
+    """IoU({m > tau}, target) for every tau, by counting in sorted values (O((P + K) log P))."""
+    all_sorted = torch.sort(m).values
+    in_target = torch.sort(m[target]).values
+    above = len(m) - torch.searchsorted(all_sorted, taus, right=True)  # |{m > tau}|
+    inter = len(in_target) - torch.searchsorted(in_target, taus, right=True)  # |{m > tau} & target|
+    union = above + (len(in_target) - inter)
+    return inter.double() / union.clamp_min(1).double()
 
 
 def _plateau(iou: Tensor) -> tuple[int, int]:
@@ -203,12 +215,25 @@ def silhouette_threshold(max_density: Tensor, alpha: Tensor) -> tuple[float, flo
 
 
 def auto_threshold(
-    scene: Scene, grid: np.ndarray, origin: np.ndarray, voxel: float, cameras_cfg: CameraConfig, device: torch.device | str
+    scene: Scene,
+    grid: np.ndarray,
+    origin: np.ndarray,
+    voxel: float,
+    cameras_cfg: CameraConfig,
+    device: torch.device | str,
+    opacity: Literal["render", "grid"] = "render",
 ) -> tuple[float, float]:
-    """Threshold by the silhouette rule on :func:`threshold_cameras` views; returns (tau, IoU)."""
+    """Threshold by the silhouette rule on :func:`threshold_cameras` views; returns (tau, IoU).
+
+    ``opacity``: where the reference opacity comes from. ``"render"``: ``scene.render`` (for
+    Gaussians, whose density is not a volume density). ``"grid"``: volume rendering of the
+    density grid itself, exactly what a NeRF renders (up to the grid's sampling) and far
+    cheaper than NeRF renders on a CPU.
+    """
     cams = threshold_cameras(cameras_cfg)
-    alpha = render_alpha(scene, cams, device)
-    return silhouette_threshold(ray_max_density(grid, origin, voxel, cams, device), alpha)
+    max_density, grid_opacity = ray_march_grid(grid, origin, voxel, cams, device)
+    alpha = render_alpha(scene, cams, device) if opacity == "render" else grid_opacity
+    return silhouette_threshold(max_density, alpha)
 
 
 def marching_cubes(grid: np.ndarray, threshold: float, origin: np.ndarray, voxel: float) -> trimesh.Trimesh:
