@@ -191,4 +191,4 @@ def test_cuda_scene_matches_torch_backend() -> None:
     a = gpu.render(CAMS.to("cuda"), WHITE.cuda())
     b = cpu.render(CAMS, WHITE)
     assert (a.rgb.cpu() - b.rgb).abs().max() < 1e-4 and (a.alpha.cpu() - b.alpha).abs().max() < 1e-4
-    assert torch.equal(a.info["radii"].cpu(), b.info["radii"])
+    assert (a.info["radii"].cpu() - b.info["radii"]).abs().max() <= 1

@@ -216,7 +216,8 @@ def test_cuda_parity_with_gsplat(sh_degree: int | None) -> None:
         outs[backend] = (rgb, a, meta, {k: v.grad for k, v in p.items()})
     (r1, a1, m1, g1), (r2, a2, m2, g2) = outs["gsplat"], outs["torch"]
     assert (r1[..., :3] - r2[..., :3]).abs().max() < 1e-4 and (a1 - a2).abs().max() < 1e-4
-    assert torch.equal(m1["radii"], m2["radii"])
+    # radii are ceil()s of float32 values: allow a rare off-by-one from operation order
+    assert (m1["radii"] - m2["radii"]).abs().max() <= 1 and (m1["radii"] != m2["radii"]).float().mean() < 1e-3
     vis = (m1["radii"] > 0).all(-1)
     assert torch.allclose(m1["means2d"][vis], m2["means2d"][vis], atol=1e-3)
     assert torch.allclose(m1["means2d"].grad[vis], m2["means2d"].grad[vis], rtol=1e-2, atol=1e-3)
