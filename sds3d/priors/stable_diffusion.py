@@ -19,6 +19,12 @@ memory and on disk (one safetensors file per model + dtype + prompt; folder
 ``embedding_cache_dir``, else $SDS3D_EMBEDDING_CACHE, else ~/.cache/sds3d/embeddings).
 :meth:`StableDiffusionPrior.precompute` encodes a run's prompts and frees the text encoder;
 an unseen prompt later reloads it for that one encoding.
+
+Speed options (issue 9, all off by default; see :func:`apply_speed_options`): channels-last
+UNet/VAE weights, ``torch.compile`` of the UNet, and a TAESD-style tiny autoencoder
+(diffusers ``AutoencoderTiny``, whose latents are already in SD's scaled latent space) in
+place of the full VAE encoder (decoding for previews keeps the full VAE). TF32 is enabled for
+float32 matmuls on CUDA at load.
 """
 
 from __future__ import annotations
@@ -53,10 +59,15 @@ def load_stable_diffusion(
     dtype: torch.dtype | None = None,
     cache_dir: Path | None = None,
     embedding_cache_dir: Path | None = None,
+    channels_last: bool = False,
+    compile_unet: bool = False,
+    tiny_vae: str | None = None,
 ) -> StableDiffusionPrior:
     """Load a diffusers SD folder or hub id (unet/ vae/ text_encoder/ tokenizer/ scheduler/).
 
     fp16 on CUDA and fp32 elsewhere unless ``dtype`` is given; every module frozen, in eval.
+    ``channels_last``, ``compile_unet`` and ``tiny_vae`` are the speed options of
+    :func:`apply_speed_options`.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
@@ -64,11 +75,13 @@ def load_stable_diffusion(
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        enable_tf32()
     scheduler = load_part(DDPMScheduler.from_pretrained, model, "scheduler", cache_dir)
     tokenizer = load_part(CLIPTokenizer.from_pretrained, model, "tokenizer", cache_dir)
     unet = load_part(UNet2DConditionModel.from_pretrained, model, "unet", cache_dir, dtype=dtype)
     vae = load_part(AutoencoderKL.from_pretrained, model, "vae", cache_dir, dtype=dtype)
-    return StableDiffusionPrior(
+    prior = StableDiffusionPrior(
         model_id=model,
         unet=_frozen(unet, device),
         vae=_frozen(vae, device),
@@ -79,6 +92,8 @@ def load_stable_diffusion(
         cache_dir=cache_dir,
         embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else default_embedding_cache_dir(),
     )
+    apply_speed_options(prior, channels_last=channels_last, compile_unet=compile_unet, tiny_vae=tiny_vae)
+    return prior
 
 
 def _frozen(module: torch.nn.Module, device: torch.device) -> Any:
@@ -104,7 +119,10 @@ class StableDiffusionPrior:
         dtype: torch.dtype,
         cache_dir: Path | None,
         embedding_cache_dir: Path,
+        text_encoder: Any | None = None,
     ) -> None:
+        """``text_encoder``: an in-memory encoder (``encoder(ids)[0]`` -> [n,77,D]) instead of
+        loading ``model_id/text_encoder`` (the speed benchmark's random-weight models)."""
         self.model_id = model_id
         self.unet = unet
         self.vae = vae
@@ -126,7 +144,11 @@ class StableDiffusionPrior:
         self._embeddings: dict[str, Tensor] = {}
         self._free_after_encoding = False
         self._cache_key = _model_cache_key(model_id)
-        self._load_text_encoder()
+        self.tiny_vae: Any | None = None  # set by apply_speed_options(tiny_vae=...)
+        if text_encoder is not None:
+            self.text_encoder = _frozen(text_encoder, device)
+        else:
+            self._load_text_encoder()
 
     # ------------------------------------------------------------------ images <-> latents
 
@@ -137,6 +159,8 @@ class StableDiffusionPrior:
         if x.shape[-2:] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
         x = (x * 2.0 - 1.0).to(self.dtype)
+        if self.tiny_vae is not None:  # TAESD latents are already scaled (scaling_factor 1.0)
+            return (self.tiny_vae.encode(x).latents * self.tiny_vae.config.scaling_factor).float()
         latents = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
         return latents.float()
 
@@ -268,3 +292,56 @@ def _model_cache_key(model: str) -> str:
                 st = f.stat()
                 stats.append(f"{sub}/{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return f"{local}|{'|'.join(stats)}"
+
+
+# ---------------------------------------------------------------------- speed options (issue 9)
+
+
+def enable_tf32() -> None:
+    """TF32 tensor cores for float32 matmuls and convolutions on CUDA (fp16/bf16 unaffected)."""
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def load_tiny_autoencoder(model: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """A diffusers ``AutoencoderTiny`` (TAESD, e.g. ``madebyollin/taesd``) from a folder or hub id."""
+    from diffusers import AutoencoderTiny
+
+    from sds3d.priors.loading import hub_offline
+
+    local = Path(model).expanduser()
+    try:
+        module = AutoencoderTiny.from_pretrained(
+            local if local.is_dir() else model, local_files_only=local.is_dir() or hub_offline(), dtype=dtype
+        )
+    except Exception as e:  # noqa: BLE001 - hub, file and config errors all get the one line
+        raise SDS3DError(
+            f"cannot load the tiny autoencoder {model!r} ({type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}); "
+            "pass a diffusers AutoencoderTiny folder or hub id such as madebyollin/taesd, or drop the tiny-VAE option"
+        ) from e
+    return _frozen(module, device)
+
+
+def apply_speed_options(
+    prior: StableDiffusionPrior,
+    *,
+    channels_last: bool = False,
+    compile_unet: bool = False,
+    tiny_vae: str | torch.nn.Module | None = None,
+) -> None:
+    """Speed options, in place: channels-last UNet/VAE weights; ``torch.compile`` of the UNet
+    (``nn.Module.compile``: the module keeps its type and attributes; the first calls compile);
+    ``tiny_vae`` (a folder/hub id or a module) encodes renders instead of the full VAE encoder."""
+    if channels_last:
+        prior.unet.to(memory_format=torch.channels_last)
+        prior.vae.to(memory_format=torch.channels_last)
+    if isinstance(tiny_vae, str):
+        prior.tiny_vae = load_tiny_autoencoder(tiny_vae, prior.device, prior.dtype)
+    elif tiny_vae is not None:
+        if any(p.dtype != prior.dtype for p in tiny_vae.parameters()):
+            tiny_vae = tiny_vae.to(prior.dtype)
+        prior.tiny_vae = _frozen(tiny_vae, prior.device)
+    if prior.tiny_vae is not None and channels_last:
+        prior.tiny_vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        prior.unet.compile()
