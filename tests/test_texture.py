@@ -127,3 +127,15 @@ def texel_colours_any(mesh):
     col = np.clip((uv[:, 0] * img.shape[1]).astype(int), 0, img.shape[1] - 1)
     row = np.clip(((1 - uv[:, 1]) * img.shape[0]).astype(int), 0, img.shape[0] - 1)
     return img[row, col]
+
+
+def test_vertex_colours_from_renders():
+    from sds3d.export import ExportConfig, extract_mesh
+
+    scene = RedBlueSphere(albedo_fn=lambda p: GREEN.expand(len(p), 3))  # albedo is wrong on purpose
+    cfg = ExportConfig(resolution=48, threshold=50.0, vertex_colors="renders", bake_views=12)
+    mesh, _, _ = extract_mesh(scene, cfg, CameraConfig(), "cpu")
+    rgb = mesh.visual.vertex_colors[:, :3] / 255.0
+    x = mesh.vertices[:, 0]
+    assert (np.abs(rgb[x > 0.05] - [1, 0, 0]).max(-1) < 0.1).mean() > 0.98
+    assert (np.abs(rgb[x < -0.05] - [0, 0, 1]).max(-1) < 0.1).mean() > 0.98

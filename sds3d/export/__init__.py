@@ -6,7 +6,8 @@
 1. density on a grid over the scene bounds (:mod:`.marching`), iso-level by the silhouette
    rule unless ``--export.threshold`` is given, marching cubes;
 2. cleanup: duplicates, floaters, outward winding, decimation to the face budget (:mod:`.cleanup`);
-3. vertex colours ``scene.albedo(vertex)`` (for Gaussians the density-weighted colour), and
+3. vertex colours ``scene.albedo(vertex)`` (for Gaussians the density-weighted colour) or
+   projected renders (``--export.vertex-colors renders``), and
    with ``--export.texture`` an xatlas-unwrapped baked albedo texture (:mod:`.texture`);
 4. files (:mod:`.writers`): ``mesh.glb``/``mesh.obj``/``mesh.ply`` and, for Gaussian scenes,
    the standard 3DGS ``gaussians.ply``;
@@ -29,7 +30,7 @@ import trimesh
 from sds3d.cameras import CameraConfig, eval_cameras
 from sds3d.export.cleanup import clean_mesh
 from sds3d.export.marching import auto_threshold, density_grid, marching_cubes, scene_bounds
-from sds3d.export.texture import TextureSource, albedo_at, bake_texture
+from sds3d.export.texture import TextureSource, albedo_at, bake_texture, colours_from_renders, sphere_cameras
 from sds3d.export.writers import MeshFormat, write_mesh, write_splat_ply
 from sds3d.types import Scene, SDS3DError
 
@@ -51,6 +52,10 @@ class ExportConfig:
     """Maximum faces after quadric decimation."""
     min_component_fraction: float = 0.02
     """Drop disconnected pieces with fewer faces than this fraction of the largest piece."""
+    vertex_colors: Literal["albedo", "renders"] = "albedo"
+    """Vertex colours: albedo (scene.albedo at each vertex; for Gaussians the density-weighted
+    colour) or renders (project --export.bake-views scene renders onto the vertices with
+    visibility, like the texture bake: closer to what the renders show)."""
     texture: bool = False
     """Unwrap UVs (xatlas) and bake an albedo texture instead of vertex colours."""
     texture_size: int = 1024
@@ -59,7 +64,7 @@ class ExportConfig:
     """Texel colours: renders (project scene renders with visibility), albedo (query the colour
     field at the surface), auto (renders for Gaussians, albedo for NeRF)."""
     bake_views: int = 24
-    """Cameras (evenly over the sphere) whose renders are projected onto the texture."""
+    """Cameras (evenly over the sphere) whose renders are projected onto the texture (or vertices)."""
     splat_ply: bool = True
     """Gaussian scenes: also write the standard 3D Gaussian splatting gaussians.ply."""
     turntable: bool = True
@@ -87,8 +92,10 @@ class ExportConfig:
             raise SDS3DError(f"--export.face-budget {self.face_budget} is too small; use at least 4")
         if not 0.0 <= self.min_component_fraction <= 1.0:
             raise SDS3DError("--export.min-component-fraction must lie in [0, 1]")
-        if self.texture and (self.texture_size < 16 or self.bake_views < 1):
-            raise SDS3DError("--export.texture-size must be >= 16 and --export.bake-views >= 1")
+        if self.texture and self.texture_size < 16:
+            raise SDS3DError(f"--export.texture-size {self.texture_size} is too small; use at least 16 (default 1024)")
+        if (self.texture or self.vertex_colors == "renders") and self.bake_views < 1:
+            raise SDS3DError("--export.bake-views must be at least 1 to take colours from renders")
 
 
 @dataclass
@@ -134,7 +141,12 @@ def extract_mesh(
     mesh = marching_cubes(grid, threshold, origin, voxel)
     del grid
     mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.face_budget)
-    colours = albedo_at(scene, np.asarray(mesh.vertices), device)
+    if cfg.vertex_colors == "renders":
+        cams = sphere_cameras(cameras_cfg, cfg.bake_views, 512)
+        verts, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
+        colours = colours_from_renders(scene, mesh, verts, normals, cams, device)
+    else:
+        colours = albedo_at(scene, np.asarray(mesh.vertices), device)
     rgba = np.concatenate([np.round(colours * 255), np.full((len(colours), 1), 255)], axis=1).astype(np.uint8)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
     return mesh, threshold, iou

@@ -15,6 +15,7 @@
      ``c = sum_v w_v c_v / sum_v w_v``. Texels seen by no view take ``scene.albedo(p)``.
    - ``"albedo"`` (default for NeRF and other fields): ``c = scene.albedo(p)``, the colour
      field queried at the texel's surface point (exact, needs no visibility).
+   The same projection colours mesh vertices with ``--export.vertex-colors renders``.
 4. Fill the texels outside every chart with the colour of the nearest covered texel
    (a Euclidean-distance-transform dilation), so bilinear filtering and mipmaps do not
    bleed the background into seams.
@@ -151,8 +152,8 @@ def project_renders(
     eps = 1e-4 * float(np.linalg.norm(mesh.extents))
     col_sum = np.zeros((len(points), 3))
     w_sum = np.zeros(len(points))
-    pts = torch.as_tensor(points, dtype=torch.float32)
-    nrm = torch.as_tensor(normals, dtype=torch.float32)
+    pts = torch.tensor(points, dtype=torch.float32)
+    nrm = torch.tensor(normals, dtype=torch.float32)
     for v in range(len(cameras)):
         cam = cameras[v]
         out = scene.render(cam.to(device), torch.zeros(1, 3, device=device))
@@ -182,6 +183,20 @@ def project_renders(
         col_sum[idx] += (w[:, None] * colour).double().numpy()
         w_sum[idx] += w.double().numpy()
     return col_sum, w_sum
+
+
+def colours_from_renders(
+    scene: Scene, mesh: trimesh.Trimesh, points: np.ndarray, normals: np.ndarray, cameras: Cameras, device: torch.device | str
+) -> np.ndarray:
+    """[N,3] colours of surface points from projected renders; points no view sees take ``scene.albedo``."""
+    if len(cameras) < 1:
+        raise SDS3DError("--export.bake-views must be at least 1 to take colours from renders")
+    col_sum, w_sum = project_renders(scene, mesh, points, normals, cameras, device)
+    colours = col_sum / np.maximum(w_sum, 1e-12)[:, None]
+    unseen = w_sum <= 1e-8
+    if unseen.any():
+        colours[unseen] = albedo_at(scene, points[unseen], device)
+    return colours
 
 
 def fill_empty(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
@@ -216,14 +231,7 @@ def bake_texture(
     normals = np.einsum("nk,nkd->nd", b, vnormals[faces[fids]])
     normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
     if source == "renders":
-        if views < 1:
-            raise SDS3DError("--export.bake-views must be at least 1 to bake a texture from renders")
-        cams = sphere_cameras(cameras_cfg, views, min(size, 512))
-        col_sum, w_sum = project_renders(scene, mesh, points, normals, cams, device)
-        colours = col_sum / np.maximum(w_sum, 1e-12)[:, None]
-        unseen = w_sum <= 1e-8
-        if unseen.any():
-            colours[unseen] = albedo_at(scene, points[unseen], device)
+        colours = colours_from_renders(scene, mesh, points, normals, sphere_cameras(cameras_cfg, views, min(size, 512)), device)
     else:
         colours = albedo_at(scene, points, device)
     image = np.ones((size, size, 3))
