@@ -133,7 +133,7 @@ def test_vertex_colours_from_renders():
     from sds3d.export import ExportConfig, extract_mesh
 
     scene = RedBlueSphere(albedo_fn=lambda p: GREEN.expand(len(p), 3))  # albedo is wrong on purpose
-    cfg = ExportConfig(resolution=48, threshold=50.0, vertex_colors="renders", bake_views=12)
+    cfg = ExportConfig(resolution=48, threshold=50.0, vertex_colors="renders", bake_views=8)
     mesh, _, _ = extract_mesh(scene, cfg, CameraConfig(), "cpu")
     rgb = mesh.visual.vertex_colors[:, :3] / 255.0
     x = mesh.vertices[:, 0]

@@ -42,7 +42,7 @@ from sds3d.types import Scene, SDS3DError
 SCENE_LIMIT = 1.25
 """Half-size of the largest box exported (the scene fits the unit sphere; a margin for Gaussians)."""
 THRESHOLD_VIEWS = 8
-THRESHOLD_RESOLUTION = 128
+THRESHOLD_RESOLUTION = 96
 THRESHOLD_CANDIDATES = 96
 PLATEAU_TOLERANCE = 0.002
 """Levels whose IoU is within this of the best one count as the same silhouette."""
