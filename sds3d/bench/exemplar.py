@@ -1,0 +1,276 @@
+"""``sds3d bench exemplar``: score guidance methods and scenes against known 3D truth, on a CPU.
+
+For every library object x guidance method x scene x seed, train with :func:`sds3d.train.generate`
+on the exemplar prior, then score on held-out cameras (the evaluation orbit, ``eval_views``
+azimuths from the front at ``cameras.eval_elevation``; the library cameras are random, so
+these are not among them), all renders on white against the ray-cast truth (Lambert
+headlight, as the library images):
+
+* ``psnr``, ``mask_iou`` (:mod:`sds3d.bench.metrics`) of the scene renders vs the truth;
+* ``janus``: :func:`sds3d.bench.metrics.janus_score` of back views (azimuth 180, elevations
+  ``janus_elevations``) against the true front and back;
+* ``chamfer``: of the exported mesh (``mesh.glb``/``mesh.obj``/``mesh.ply`` in the run folder)
+  vs the true mesh, as a fraction of its bounding-box diagonal; null when no mesh was written;
+* ``seconds``: wall time of the run (training and export).
+
+References per object and scene: the *floor* is a blank render (the white background
+alone, PSNR vs the truth); the *ceiling* is direct supervised reconstruction of the same
+scene type from the object's library images with their known cameras (L2 loss, same step
+budget, batch and seed). ``normalized = (psnr - floor) / (ceiling - floor)``.
+
+Writes ``OUTPUT_DIR/results.json`` (``records``, ``references``, ``averages``) and
+``OUTPUT_DIR/results.md``, and prints the table; run folders go to ``OUTPUT_DIR/runs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
+from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
+from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
+from sds3d.export import ExportConfig
+from sds3d.types import SDS3DError
+
+MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Exemplar quality benchmark: PSNR / mask IoU / Janus / Chamfer against the true meshes."""
+
+    prior: str = "exemplar"
+    """Library: 'exemplar' (built-in objects) or 'exemplar:DIR' (a folder of meshes)."""
+    guidance: tuple[GuidanceName, ...] = ("sds",)
+    """Guidance methods to compare."""
+    scene: tuple[SceneName, ...] = ("gaussians",)
+    """Scene types to compare."""
+    steps: int = 40
+    """Training steps per run (and for the supervised ceiling). The default keeps the default
+    run (7 built-in objects, one method, one scene, one seed) within 15 minutes on 2 CPU cores."""
+    seeds: tuple[int, ...] = (0,)
+    """Random seeds; one run per seed."""
+    prompts: tuple[str, ...] = ()
+    """Library prompts to run (default: every object of the library)."""
+    device: str = "auto"
+    """Torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1 ..."""
+    output_dir: Path = Path("outputs/bench-exemplar")
+    """Where results.json, results.md and the run folders (runs/) go."""
+    eval_views: int = 8
+    """Held-out evaluation views (evenly spaced azimuths, front first)."""
+    janus_elevations: tuple[float, ...] = (0.0, 15.0, 30.0)
+    """Elevations of the back/front camera pairs of the Janus score."""
+    run: RunConfig = RunConfig(
+        prior="exemplar",
+        preview_every=0,
+        checkpoint_every=0,
+        turntable_frames=4,
+        turntable_resolution=64,
+        export=ExportConfig(resolution=64, turntable=False, eval_views=0, splat_ply=False),
+    )
+    """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...)."""
+
+
+def _run_config(cfg: BenchConfig, guidance: str, scene: str, seed: int) -> RunConfig:
+    return dataclasses.replace(
+        cfg.run, prior=cfg.prior, guidance=guidance, scene=scene, steps=cfg.steps, seed=seed,
+        device=cfg.device, output_dir=cfg.output_dir / "runs",
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _render(scene: Any, cams: Cameras, device: torch.device, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scene renders on white, evaluation mode: rgb [N,H,W,3], alpha [N,H,W,1] (CPU)."""
+    from sds3d.train import set_scene_training
+
+    set_scene_training(scene, False)
+    rgbs, alphas = [], []
+    for i in range(0, len(cams), chunk):
+        sub = cams[i : i + chunk].to(device)
+        out = scene.render(sub, torch.ones(len(sub), 3, device=device))
+        rgbs.append(out.rgb.clamp(0, 1).float().cpu())
+        alphas.append(out.alpha.float().cpu())
+    set_scene_training(scene, True)
+    return torch.cat(rgbs), torch.cat(alphas)
+
+
+class Scorer:
+    """Truth renders of one object on the held-out cameras, and the scores of a scene."""
+
+    def __init__(self, truth_prior: Any, prompt: str, cfg: BenchConfig, run: RunConfig) -> None:
+        R = truth_prior.cfg.resolution
+        cc = run.cameras
+        self.eval = eval_cameras(cc, cfg.eval_views, R, R)
+        n = len(cfg.janus_elevations)
+        self.back = orbit_cameras(list(cfg.janus_elevations), [180.0] * n, cc.eval_distance, cc.eval_fovy, R, R)
+        front = orbit_cameras(list(cfg.janus_elevations), [0.0] * n, cc.eval_distance, cc.eval_fovy, R, R)
+        self.mesh = truth_prior.truth(prompt).mesh
+        self.rgb, self.alpha = truth_prior.render_truth(prompt, self.eval)
+        self.true_back, _ = truth_prior.render_truth(prompt, self.back)
+        self.true_front, _ = truth_prior.render_truth(prompt, front)
+        self.floor = psnr(torch.ones_like(self.rgb), self.rgb)
+
+    def score(self, scene: Any, device: torch.device) -> dict[str, float]:
+        rgb, alpha = _render(scene, self.eval, device)
+        back, _ = _render(scene, self.back, device)
+        return {
+            "psnr": psnr(rgb, self.rgb),
+            "mask_iou": mask_iou(alpha, self.alpha),
+            "janus": janus_score(back, self.true_front, self.true_back),
+        }
+
+
+def supervised_ceiling(truth_prior: Any, prompt: str, run: RunConfig, device: torch.device) -> Any:
+    """The scene type trained by L2 on the object's library images with their known cameras."""
+    from sds3d.factory import build_scene
+    from sds3d.priors.exemplar_library import library_cameras
+    from sds3d.train import seed_everything
+
+    obj = truth_prior.prompts.index(truth_prior.truth(prompt).prompt)
+    G, R = truth_prior.cfg.num_groups, truth_prior.cfg.resolution
+    images = truth_prior.images[truth_prior.object_id == obj].reshape(-1, 3, R, R)
+    targets = ((images + 1.0) / 2.0).permute(0, 2, 3, 1).to(device)  # [4G,R,R,3] in [0,1]
+    cams = library_cameras(G, R, truth_prior.camera_cfg)
+    seed_everything(run.seed)
+    scene = build_scene(run, device)
+    gen = torch.Generator().manual_seed(run.seed)
+    for step in range(run.steps):
+        idx = torch.randperm(len(targets), generator=gen)[: run.batch_size]
+        sub = cams[idx].to(device)
+        out = scene.render(sub, torch.ones(len(idx), 3, device=device))
+        scene.pre_backward(step, out)
+        loss = F.mse_loss(out.rgb, targets[idx.to(device)])
+        loss.backward()
+        scene.optimizer_step(step, out)
+    return scene
+
+
+def _mesh_chamfer(run_dir: Path, true_mesh: Any) -> float | None:
+    from sds3d.export.writers import read_mesh
+
+    for name in MESH_FILES:
+        if (run_dir / name).exists():
+            value = chamfer(read_mesh(run_dir / name), true_mesh)
+            return value if math.isfinite(value) else None
+    return None
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _averages(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("psnr", "mask_iou", "chamfer", "janus", "normalized", "seconds")
+    out = []
+    for g, s in dict.fromkeys((r["guidance"], r["scene"]) for r in records):
+        rows = [r for r in records if r["guidance"] == g and r["scene"] == s]
+        out.append({"guidance": g, "scene": s, "runs": len(rows), **{k: _mean([r[k] for r in rows]) for k in keys}})
+    return out
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    refs = {(r["prompt"], r["scene"]): r for r in result["references"]}
+    lines = [
+        "| prompt | guidance | scene | seed | PSNR | floor | ceiling | normalized | mask IoU | Janus | Chamfer | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["records"]:
+        ref = refs[(r["prompt"], r["scene"])]
+        cells = [r["prompt"], r["guidance"], r["scene"], r["seed"], _fmt(r["psnr"]), _fmt(ref["floor_psnr"]),
+                 _fmt(ref["ceiling_psnr"]), _fmt(r["normalized"]), _fmt(r["mask_iou"]), _fmt(r["janus"]),
+                 _fmt(r["chamfer"], 4), _fmt(r["seconds"], 0)]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for a in result["averages"]:
+        cells = ["**average**", a["guidance"], a["scene"], f"{a['runs']} runs", _fmt(a["psnr"]), "", "",
+                 _fmt(a["normalized"]), _fmt(a["mask_iou"]), _fmt(a["janus"]), _fmt(a["chamfer"], 4), _fmt(a["seconds"], 0)]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Run every (object, guidance, scene, seed), write results.json/results.md, print the table."""
+    from sds3d.factory import load_priors
+    from sds3d.priors.exemplar import load_exemplar
+    from sds3d.train import generate
+
+    if not (cfg.prior == "exemplar" or cfg.prior.startswith("exemplar:")):
+        raise SDS3DError(f"--prior {cfg.prior!r}: the benchmark needs the exemplar prior, 'exemplar' or 'exemplar:DIR'")
+    if cfg.steps <= 0 or not cfg.guidance or not cfg.scene or not cfg.seeds or cfg.eval_views <= 0:
+        raise SDS3DError("give --steps > 0, --eval-views > 0 and at least one --guidance, --scene and --seeds")
+    device = resolve_device(cfg.device)
+    truth_prior = load_exemplar(cfg.prior, device, dataclasses.replace(cfg.run.exemplar, multi_view=False))
+    prompts = list(cfg.prompts) or list(truth_prior.prompts)
+    for p in prompts:
+        truth_prior.truth(p)  # fails fast on a prompt outside the library
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    base = _run_config(cfg, cfg.guidance[0], cfg.scene[0], cfg.seeds[0])
+    scorers = {p: Scorer(truth_prior, p, cfg, base) for p in prompts}
+
+    references: list[dict[str, Any]] = []
+    for scene_name in cfg.scene:
+        run = _run_config(cfg, cfg.guidance[0], scene_name, cfg.seeds[0])
+        for p in prompts:
+            t0 = time.perf_counter()
+            ceiling = scorers[p].score(supervised_ceiling(truth_prior, p, run, device), device)
+            references.append({"prompt": p, "scene": scene_name, "floor_psnr": scorers[p].floor, "ceiling_psnr": ceiling["psnr"],
+                               "ceiling_mask_iou": ceiling["mask_iou"], "ceiling_janus": ceiling["janus"],
+                               "ceiling_seconds": time.perf_counter() - t0})  # fmt: skip
+            print(f"[bench] ceiling {scene_name} '{p}': PSNR {ceiling['psnr']:.2f} (floor {scorers[p].floor:.2f})", flush=True)
+    refs = {(r["prompt"], r["scene"]): r for r in references}
+
+    records: list[dict[str, Any]] = []
+    for guidance in cfg.guidance:
+        priors = load_priors(_run_config(cfg, guidance, cfg.scene[0], cfg.seeds[0]), device)
+        for scene_name in cfg.scene:
+            for seed in cfg.seeds:
+                run = _run_config(cfg, guidance, scene_name, seed)
+                for p in prompts:
+                    result = generate(p, run, priors=priors, progress=False)
+                    scores = scorers[p].score(result.scene, device)
+                    ref = refs[(p, scene_name)]
+                    span = ref["ceiling_psnr"] - ref["floor_psnr"]
+                    normalized = (scores["psnr"] - ref["floor_psnr"]) / span if span > 0 else None
+                    record = {"prompt": p, "guidance": guidance, "scene": scene_name, "seed": seed, **scores,
+                              "chamfer": _mesh_chamfer(result.run_dir, scorers[p].mesh), "normalized": normalized,
+                              "seconds": result.seconds, "run_dir": str(result.run_dir)}  # fmt: skip
+                    records.append(record)
+                    print(f"[bench] {guidance} {scene_name} seed {seed} '{p}': PSNR {scores['psnr']:.2f} "
+                          f"normalized {_fmt(normalized)} Janus {scores['janus']:.2f} ({result.seconds:.0f} s)", flush=True)  # fmt: skip
+
+    result = {
+        "config": {"prior": cfg.prior, "guidance": list(cfg.guidance), "scene": list(cfg.scene), "steps": cfg.steps,
+                   "seeds": list(cfg.seeds), "device": str(device), "eval_views": cfg.eval_views},  # fmt: skip
+        "records": records,
+        "references": references,
+        "averages": _averages(records),
+    }
+    from sds3d.checkpoint import write_json_atomic
+
+    write_json_atomic(cfg.output_dir / "results.json", result)
+    table = markdown_table(result)
+    (cfg.output_dir / "results.md").write_text(table)
+    print(table, flush=True)
+    return result
+
+
+def main() -> None:
+    import tyro
+
+    run_bench(tyro.cli(BenchConfig))
+
+
+if __name__ == "__main__":
+    main()
