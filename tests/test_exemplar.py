@@ -111,7 +111,7 @@ def test_single_image_returns_it_and_nearest_image_dominates(prior: ExemplarPrio
     one.__dict__.update(prior.__dict__)
     keep = torch.nonzero(allowed)[:1, 0]
     one.images, one.sq_norms = prior.images[keep], prior.sq_norms[keep]
-    one.object_id, one.bucket_id, one._cache = prior.object_id[keep], prior.bucket_id[keep], {}
+    one.object_id, one.bucket_id, one._cache, one._masks = prior.object_id[keep], prior.bucket_id[keep], {}, {}
     y = one.images.reshape(1, 3, RES, RES)
     for step in (5, 500, 990):
         t = torch.tensor([step])
@@ -158,7 +158,7 @@ def test_view_bucket_restriction(prior: ExemplarPrior) -> None:
     assert prior.condition(["a blue cylinder, overhead view"])[0].bucket is None  # no overhead images: dropped
     flat = ExemplarPrior.__new__(ExemplarPrior)
     flat.__dict__.update(prior.__dict__)
-    flat.cfg, flat._cache = ExemplarConfig(resolution=RES, num_groups=8, view_dependent=False), {}
+    flat.cfg, flat._cache, flat._masks = ExemplarConfig(resolution=RES, num_groups=8, view_dependent=False), {}, {}
     assert flat.condition(["a blue cylinder, back view"])[0].bucket is None
 
 

@@ -128,6 +128,7 @@ class ExemplarPrior:
         self.lib_elevation = lib.elevation.to(self.device)  # [G, 4]
         self.lib_azimuth = lib.azimuth.to(self.device)
         self._cache: dict[str, ExemplarCondition] = {}
+        self._masks: dict[ExemplarCondition, Tensor] = {}
 
     # ------------------------------------------------------------------ pixel space
 
@@ -178,11 +179,13 @@ class ExemplarPrior:
         return torch.isin(self.object_id, torch.tensor(objects, device=self.device))
 
     def _allowed(self, cond: ExemplarCondition) -> Tensor:
-        """[M] bool: library images this conditioning may use."""
-        mask = self._object_mask(cond.objects)
-        if cond.bucket is not None:
-            mask = mask & (self.bucket_id == VIEW_NAMES.index(cond.bucket))
-        return mask
+        """[M] bool: library images this conditioning may use (cached per conditioning)."""
+        if cond not in self._masks:
+            mask = self._object_mask(cond.objects)
+            if cond.bucket is not None:
+                mask = mask & (self.bucket_id == VIEW_NAMES.index(cond.bucket))
+            self._masks[cond] = mask
+        return self._masks[cond]
 
     # ------------------------------------------------------------------ denoiser
 
