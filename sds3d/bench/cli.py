@@ -1,0 +1,34 @@
+"""``sds3d bench exemplar|speed|rasterizer``: the benchmarks, each printing a table."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import tyro
+
+from sds3d.bench.exemplar import BenchConfig, run_bench
+from sds3d.bench.rasterizer import RasterizerBenchConfig, run_rasterizer_bench
+from sds3d.bench.speed import SpeedConfig, run_speed_bench
+
+BenchCommand = Union[
+    Annotated[BenchConfig, tyro.conf.subcommand("exemplar", prefix_name=False)],
+    Annotated[SpeedConfig, tyro.conf.subcommand("speed", prefix_name=False)],
+    Annotated[RasterizerBenchConfig, tyro.conf.subcommand("rasterizer", prefix_name=False)],
+]
+
+
+def bench(cmd: BenchCommand) -> BenchCommand:
+    """Benchmarks: exemplar (quality on CPU), speed (step time vs the UNet floor), rasterizer."""
+    return cmd
+
+
+def run_bench_command(cmd: object) -> int:
+    if isinstance(cmd, BenchConfig):
+        run_bench(cmd)
+    elif isinstance(cmd, SpeedConfig):
+        run_speed_bench(cmd)
+    elif isinstance(cmd, RasterizerBenchConfig):
+        run_rasterizer_bench(cmd)
+    else:
+        raise TypeError(f"unknown bench command {cmd!r}")
+    return 0

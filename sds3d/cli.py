@@ -1,0 +1,141 @@
+"""The ``sds3d`` command: generate, batch, export, bench.
+
+    sds3d generate "a DSLR photo of a corgi" [options]
+    sds3d generate --resume outputs/a-dslr-photo-of-a-corgi-20261126-101500
+    sds3d batch prompts/animals.txt [options] [--shard 0/4]
+    sds3d export RUN_DIR [--format glb obj ply] [--resolution 256] [--texture]
+    sds3d bench exemplar|speed|rasterizer [options]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from sds3d.config import RunConfig, load_config
+from sds3d.types import SDS3DError
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Optimize a 3D scene for one prompt; write previews, turntable, checkpoint and mesh."""
+
+    prompt: tyro.conf.Positional[str] = ""
+    """The text to generate (not needed with --resume)."""
+    run: Annotated[RunConfig, tyro.conf.arg(name="")] = RunConfig()
+    resume: Path | None = None
+    """Continue an interrupted run folder from its checkpoint with the run's own saved config
+    (other options are ignored)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Generate every prompt of one or more prompt files; rerun the same command to resume."""
+
+    files: tyro.conf.Positional[tuple[Path, ...]]
+    """Prompt files: one prompt a line, '#' comments, optional overrides 'a corgi | seed=3 steps=2000'."""
+    run: Annotated[RunConfig, tyro.conf.arg(name="")] = RunConfig()
+    batch_dir: Path | None = None
+    """Batch folder (default OUTPUT_DIR/batch-<first file's stem>); holds one run folder per
+    prompt, manifest.jsonl and index.html."""
+    shard: str | None = None
+    """Take every N-th prompt starting at I, as 'I/N' (0-based). Under torchrun the shard is
+    RANK/WORLD_SIZE and the GPU LOCAL_RANK unless given."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """Re-export the mesh of a finished or interrupted run from its checkpoint."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """A run folder written by sds3d generate."""
+    format: tuple[Literal["glb", "obj", "ply"], ...] | None = None
+    """Mesh formats (default: the run's --export.formats)."""
+    resolution: int | None = None
+    """Marching-cubes grid resolution (default: the run's --export.resolution)."""
+    texture: bool | None = None
+    """Bake a UV texture with xatlas instead of vertex colours (default: the run's setting)."""
+    device: str | None = None
+    """Device to load the scene on (default: the run's)."""
+
+
+def run_generate(cmd: Generate) -> int:
+    from sds3d.train import generate
+
+    if cmd.resume is not None:
+        run_dir = cmd.resume
+        prompt, cfg = load_config(run_dir / "config.json")
+        result = generate(prompt, cfg, run_dir=run_dir, resume=True)
+    else:
+        if not cmd.prompt.strip():
+            raise SDS3DError('the prompt is empty: pass the text to generate, e.g. sds3d generate "a corgi"')
+        result = generate(cmd.prompt, cmd.run)
+    print(f"done in {result.seconds:.1f} s: {result.run_dir}")
+    return 0
+
+
+def run_export(cmd: Export) -> int:
+    from sds3d.export import export_scene
+    from sds3d.checkpoint import load_checkpoint
+    from sds3d.factory import build_scene
+
+    prompt, cfg = load_config(cmd.run_dir / "config.json")
+    if cmd.device is not None:
+        cfg = dataclasses.replace(cfg, device=cmd.device)
+    export_cfg = cfg.export
+    if cmd.format is not None:
+        export_cfg = dataclasses.replace(export_cfg, formats=cmd.format)
+    if cmd.resolution is not None:
+        export_cfg = dataclasses.replace(export_cfg, resolution=cmd.resolution)
+    if cmd.texture is not None:
+        export_cfg = dataclasses.replace(export_cfg, texture=cmd.texture)
+    device = cfg.resolve_device()
+    ckpt = load_checkpoint(cmd.run_dir / "checkpoint.pt", device)
+    scene = build_scene(cfg, device)
+    scene.load_state_dict(ckpt["scene"])
+    result = export_scene(scene, cmd.run_dir, export_cfg, cfg.cameras, device)
+    for p in result.paths:
+        print(p)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sds3d.bench.cli import bench, run_bench_command
+
+    try:
+        cmd = tyro.extras.subcommand_cli_from_dict(
+            {"generate": Generate, "batch": Batch, "export": Export, "bench": bench},
+            prog="sds3d",
+            description="Text to 3D by score distillation (3D Gaussians or NeRF).",
+            args=argv,
+        )
+    except (SDS3DError, ValueError) as e:  # config validation while parsing
+        print(f"sds3d: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if isinstance(cmd, Generate):
+            return run_generate(cmd)
+        if isinstance(cmd, Batch):
+            from sds3d.batch import run_batch
+
+            return run_batch(cmd)
+        if isinstance(cmd, Export):
+            return run_export(cmd)
+        return run_bench_command(cmd)
+    except KeyboardInterrupt:
+        print("sds3d: interrupted", file=sys.stderr)
+        return 130
+    except SDS3DError as e:
+        print(f"sds3d: error: {e}", file=sys.stderr)
+        from sds3d.train import RunInterrupted
+
+        return 130 if isinstance(e, RunInterrupted) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

