@@ -35,6 +35,26 @@ MULTI_VIEW_GUIDANCE = ("coupled", "mvsds")
 
 
 @dataclass(frozen=True)
+class DiffusersOptions:
+    """Loading and speed options of the diffusers (Stable Diffusion) prior."""
+
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    """Model precision: auto = fp16 on CUDA, fp32 on CPU."""
+    channels_last: bool = False
+    """Channels-last memory format for the UNet and VAE (faster convolutions on recent GPUs)."""
+    compile_unet: bool = False
+    """torch.compile the UNet (slow first steps, faster after)."""
+    tiny_vae: str | None = None
+    """Hub id or folder of a TAESD-style AutoencoderTiny used instead of the VAE encoder
+    (e.g. madebyollin/taesd); decoding keeps the full VAE."""
+    cache_dir: Path | None = None
+    """Hugging Face cache folder (default: HF_HOME / ~/.cache/huggingface)."""
+
+    def torch_dtype(self) -> torch.dtype | None:
+        return {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one generation run."""
 
@@ -98,6 +118,7 @@ class RunConfig:
     mvsds: MVSDSConfig = MVSDSConfig()
     exemplar: ExemplarConfig = ExemplarConfig()
     mvdream: MVDreamConfig = MVDreamConfig()
+    diffusers: DiffusersOptions = DiffusersOptions()
     export: ExportConfig = ExportConfig()
 
     # ------------------------------------------------------------------ derived values
@@ -191,7 +212,7 @@ def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
         value, hint = data[f.name], hints[f.name]
         if dataclasses.is_dataclass(hint):
             value = from_jsonable(hint, value)
-        elif hint is Path:
+        elif hint is Path or (isinstance(value, str) and Path in typing.get_args(hint)):
             value = Path(value)
         elif isinstance(value, list):
             value = _tuplify(value)

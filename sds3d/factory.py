@@ -32,13 +32,22 @@ def load_prior(spec: str, device: torch.device, cfg: RunConfig, multi_view: bool
         from sds3d.priors.exemplar import load_exemplar
 
         return load_exemplar(spec, device, dataclasses.replace(cfg.exemplar, multi_view=multi_view))
+    opts = cfg.diffusers
     if multi_view:
         from sds3d.priors.mvdream import load_mvdream
 
-        return load_mvdream(dataclasses.replace(cfg.mvdream, model=spec), device)
+        return load_mvdream(dataclasses.replace(cfg.mvdream, model=spec), device, dtype=opts.torch_dtype(), cache_dir=opts.cache_dir)
     from sds3d.priors.stable_diffusion import load_stable_diffusion
 
-    return load_stable_diffusion(spec, device)
+    return load_stable_diffusion(
+        spec,
+        device,
+        dtype=opts.torch_dtype(),
+        cache_dir=opts.cache_dir,
+        channels_last=opts.channels_last,
+        compile_unet=opts.compile_unet,
+        tiny_vae=opts.tiny_vae,
+    )
 
 
 def load_priors(cfg: RunConfig, device: torch.device) -> tuple[Prior | None, Prior | None]:

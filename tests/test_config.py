@@ -1,0 +1,34 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sds3d.config import DiffusersOptions, RunConfig, load_config, save_config
+from sds3d.types import SDS3DError
+
+
+def test_config_round_trips_through_json(tmp_path):
+    cfg = RunConfig(
+        guidance="nfsd", scene="nerf", steps=7, resolution=(64, 128), resolution_milestones=(3,),
+        diffusers=DiffusersOptions(cache_dir=Path("/x"), dtype="bf16"),
+    )
+    cfg = dataclasses.replace(cfg, sds=dataclasses.replace(cfg.sds, guidance_scale=12.5))
+    save_config(cfg, "a corgi", tmp_path / "config.json")
+    prompt, again = load_config(tmp_path / "config.json")
+    assert prompt == "a corgi" and again == cfg
+
+
+def test_resolution_schedule_and_defaults():
+    cfg = RunConfig(resolution=(64, 128, 256), resolution_milestones=(10, 20), steps=30)
+    assert [cfg.resolution_at(s) for s in (0, 9, 10, 19, 20, 29)] == [64, 64, 128, 128, 256, 256]
+    assert RunConfig(prior="exemplar").resolutions() == ((64,), ())
+    assert RunConfig(scene="nerf", steps=100).resolutions() == ((64, 256), (50,))
+    assert RunConfig().resolutions() == ((512,), ())
+    with pytest.raises(SDS3DError, match="milestones"):
+        RunConfig(resolution=(64, 128)).validate()
+
+
+def test_multi_view_guidance_needs_groups_of_four():
+    assert RunConfig(guidance="coupled").num_views == 4 and RunConfig().num_views == 1
+    with pytest.raises(SDS3DError, match="multiple of 4"):
+        RunConfig(guidance="mvsds", batch_size=6).validate()
