@@ -17,7 +17,7 @@ BenchCommand = Union[
 ]
 
 
-def bench(cmd: BenchCommand) -> BenchCommand:
+def bench(cmd: Annotated[BenchCommand, tyro.conf.arg(name="")]) -> BenchCommand:
     """Benchmarks: exemplar (quality on CPU), speed (step time vs the UNet floor), rasterizer."""
     return cmd
 
