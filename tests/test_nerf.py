@@ -13,7 +13,7 @@ import torch
 from sds3d.cameras import orbit_cameras
 from sds3d.render.nerf_render import dense_intervals, render_rays_dense, sphere_bounds
 from sds3d.scenes.hashgrid import HashGridConfig
-from sds3d.scenes.nerf import NerfConfig, NerfScene
+from sds3d.scenes.nerf import EXEMPLAR_NERF, NerfConfig, NerfScene
 from sds3d.types import Scene
 
 TINY_GRID = HashGridConfig(n_levels=4, features_per_level=2, log2_hashmap_size=10, base_resolution=8, per_level_scale=1.5)
@@ -144,6 +144,56 @@ def test_normals_point_outward_and_methods_agree() -> None:
     torch.testing.assert_close(n_an.norm(dim=-1), torch.ones(64))
     assert (n_an * radial).sum(-1).min() > 0.9
     assert (n_an * n_fd).sum(-1).min() > 0.99
+
+
+def test_closed_form_density_gradient_matches_autograd() -> None:
+    scene = _scene(hidden_layers=2)
+    with torch.no_grad():
+        scene.field.grid.table.uniform_(-1, 1)  # a field with structure beyond the blob
+    torch.manual_seed(5)
+    x = 0.8 * (torch.rand(200, 3) * 2 - 1)
+    sigma, albedo, grad = scene.field.with_gradient(x)
+    xg = x.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(scene.field.density(xg).sum(), xg)
+    torch.testing.assert_close(sigma, scene.field.density(x))
+    torch.testing.assert_close(albedo, scene.field(x)[1])
+    torch.testing.assert_close(grad, auto, rtol=1e-4, atol=1e-4)
+    # Differentiable w.r.t. the parameters (the orientation loss trains the field through it).
+    grad.pow(2).sum().backward()
+    assert scene.field.grid.table.grad.abs().sum() > 0 and scene.field.density_head[0].weight.grad.abs().sum() > 0
+    # Works in inference mode too (no autograd involved), same values.
+    with torch.inference_mode():
+        torch.testing.assert_close(scene.normals(x), -torch.nn.functional.normalize(auto, dim=-1), rtol=1e-4, atol=1e-4)
+
+
+def test_dense_path_queries_only_samples_on_rays_that_hit() -> None:
+    scene = _scene(occupancy=False, num_samples=16)
+    scene.set_training(False)
+    cams = orbit_cameras([0.0], [0.0], 3.0, 90.0, 12, 12)  # the corners miss the bounding sphere
+    origins, dirs = (t.reshape(-1, 3) for t in cams.rays())
+    t0, t1 = sphere_bounds(origins, dirs, 1.0)
+    hits = int((t1 > t0).sum())
+    assert 0 < hits < 144
+    with torch.no_grad():
+        out = scene.render(cams, torch.zeros(1, 3))
+    assert out.info["num_samples"] == hits * 16
+    assert (out.alpha.reshape(-1)[t1 <= t0] == 0).all()
+
+
+def test_exemplar_preset_renders_like_the_default() -> None:
+    """The CPU preset (8 levels, 2^16 tables, 32 samples) starts from the same blob."""
+    assert EXEMPLAR_NERF.grid.n_levels == 8 and EXEMPLAR_NERF.num_samples == 32
+    outs = []
+    for cfg in (NerfConfig(), EXEMPLAR_NERF):
+        torch.manual_seed(0)
+        scene = cfg.setup(torch.device("cpu"))
+        scene.set_training(False)
+        with torch.no_grad():
+            outs.append(scene.render(_cams(2, 16), torch.ones(2, 3)))
+    assert outs[1].info["num_samples"] < 0.6 * outs[0].info["num_samples"]
+    assert (outs[0].alpha - outs[1].alpha).abs().max() < 0.05  # (the albedo MLPs differ: random init)
+    inside = outs[0].alpha[..., 0] > 0.5
+    assert (outs[0].depth - outs[1].depth)[inside].abs().max() < 0.05
 
 
 def test_shading_modes_under_a_point_light() -> None:
@@ -277,6 +327,20 @@ def test_occupancy_grid_update_skips_empty_space_on_cpu() -> None:
     assert (skip.alpha - full.alpha).abs().max() < 0.01
     assert (skip.rgb - full.rgb).abs().max() < 0.01
     assert torch.equal(scene.state_dict()["estimator"]["binaries"], est.binaries)
+
+
+def test_dilated_occupancy_follows_updates_and_loads() -> None:
+    scene = _scene(occ_resolution=8)
+    est = scene.estimator
+    assert est is not None and bool(scene._dilated_occupancy().all())
+    state = copy.deepcopy(scene.state_dict())
+    with torch.no_grad():
+        scene.optimizer_step(0, scene.render(_cams(1, 8), torch.ones(1, 3)))  # update: the blob only
+    grown = scene._dilated_occupancy()
+    assert not bool(grown.all()) and bool(grown[3:5, 3:5, 3:5].all())
+    torch.testing.assert_close(grown, torch.nn.functional.max_pool3d(est.binaries.float(), 3, 1, 1)[0] > 0)
+    scene.load_state_dict(state)  # in-place copy of the all-occupied grid
+    assert bool(scene._dilated_occupancy().all())
 
 
 # ----------------------------------------------------------------------------- CUDA

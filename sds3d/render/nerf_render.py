@@ -12,10 +12,12 @@ sphere ``|x| < radius``:
 
 * dense (any device): ``S`` equal bins per ray, ``[rays, S]`` tensors; the field is queried
   at a uniformly jittered point of each bin when ``stratified`` (training), at the bin's
-  middle otherwise; ``nerfacc.render_weight_from_density`` and ``accumulate_along_rays`` in
-  their batched (dense) form, which run on the CPU. Optionally samples in empty cells of an
-  occupancy grid (grown by one cell) are skipped (density 0), without nerfacc's CUDA-only
-  marching.
+  middle otherwise; ``nerfacc.render_weight_from_density`` in its batched (dense) form,
+  which runs on the CPU. Only samples on rays that cross the
+  sphere and, optionally, in occupied cells of an occupancy grid (grown by one cell) are
+  queried; the others have density 0, so the transmittance is dense but the field queries
+  and the accumulation (``accumulate_along_rays``, packed) cover the queried samples only,
+  without nerfacc's CUDA-only marching.
 * occupancy grid (CUDA only): ``nerfacc.OccGridEstimator.sampling`` marches with a fixed step
   and skips empty cells and occluded samples; packed samples (``ray_indices``) go through the
   same two nerfacc functions in their packed form.
@@ -94,27 +96,20 @@ def dense_intervals(
 
 
 def _composite(
-    weights: Tensor,
-    t_sample: Tensor,
-    rgbs: Tensor,
-    normals: Tensor | None,
-    dirs: Tensor,
-    ray_indices: Tensor | None,
-    n_rays: int,
+    weights: Tensor, t_sample: Tensor, rgbs: Tensor, normals: Tensor | None, dirs: Tensor, ray_indices: Tensor, n_rays: int
 ) -> RayBundleOutput:
-    """Accumulate per-sample values; dense ([R,S]) when ``ray_indices`` is None, else packed."""
-    acc = lambda values: nerfacc.accumulate_along_rays(weights, values, ray_indices=ray_indices, n_rays=n_rays)  # noqa: E731
-    opacity = acc(None)
-    rgb = acc(rgbs)
-    depth = acc(t_sample[..., None]) / opacity.clamp_min(1e-6)
+    """Accumulate packed per-sample values [K, ...] onto their rays, in one ``index_add_``."""
+    cols = [torch.ones_like(t_sample)[:, None], rgbs, t_sample[:, None]]
+    if normals is not None:
+        facing_away = (normals * dirs[ray_indices]).sum(-1, keepdim=True).clamp_min(0) ** 2
+        cols += [normals, facing_away]
+    acc = nerfacc.accumulate_along_rays(weights, torch.cat(cols, -1), ray_indices=ray_indices, n_rays=n_rays)
+    opacity, rgb, depth = acc[:, :1], acc[:, 1:4], acc[:, 4:5] / acc[:, :1].clamp_min(1e-6)
     if normals is None:
         normal = torch.zeros(n_rays, 3, device=weights.device, dtype=weights.dtype)
         orientation = torch.zeros(n_rays, 1, device=weights.device, dtype=weights.dtype)
     else:
-        normal = acc(normals)
-        d = dirs[ray_indices] if ray_indices is not None else dirs[:, None, :]
-        facing_away = (normals * d).sum(-1, keepdim=True).clamp_min(0) ** 2
-        orientation = acc(facing_away)
+        normal, orientation = acc[:, 5:8], acc[:, 8:9]
     return RayBundleOutput(rgb, opacity, depth, normal, orientation, int(weights.numel()))
 
 
@@ -127,34 +122,29 @@ def render_rays_dense(
     stratified: bool,
     occupied: Callable[[Tensor], Tensor] | None = None,
 ) -> RayBundleOutput:
-    """Dense ``[rays, samples]`` rendering; works on every device.
+    """Dense ``[rays, samples]`` transmittance; works on every device.
 
-    ``occupied(points [N,3]) -> bool [N]``, if given, skips the field at the other samples
-    (their density is 0): an occupancy grid's empty-space skipping without packed kernels.
+    The field is queried only at samples of rays that cross the sphere and, if
+    ``occupied(points [N,3]) -> bool [N]`` is given, that lie in occupied space; the other
+    samples have density 0 (weight 0), so compositing only the queried ones is exact.
     """
-    n_rays = origins.shape[0]
-    t_starts, t_ends, t_sample = dense_intervals(origins, dirs, radius, num_samples, stratified)
+    n_rays, S = origins.shape[0], num_samples
+    t_starts, t_ends, t_sample = dense_intervals(origins, dirs, radius, S, stratified)
     points = (origins[:, None, :] + t_sample[..., None] * dirs[:, None, :]).reshape(-1, 3)
-    ray_indices = torch.arange(n_rays, device=origins.device).repeat_interleave(num_samples)
-    if occupied is None:
-        sigmas, rgbs, normals = field_fn(points, ray_indices)
-        queried = points.shape[0]
-    else:
-        keep = occupied(points).nonzero()[:, 0]
-        s_k, c_k, n_k = field_fn(points[keep], ray_indices[keep])
-        sigmas = points.new_zeros(points.shape[0]).index_put((keep,), s_k)
-        rgbs = points.new_zeros(points.shape[0], 3).index_put((keep,), c_k)
-        normals = None if n_k is None else points.new_zeros(points.shape[0], 3).index_put((keep,), n_k)
-        queried = int(keep.numel())
-    weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas.reshape(n_rays, num_samples))
-    normals = None if normals is None else normals.reshape(n_rays, num_samples, 3)
-    out = _composite(weights, t_sample, rgbs.reshape(n_rays, num_samples, 3), normals, dirs, None, n_rays)
-    out.num_samples = queried
-    return out
+    keep = (t_ends > t_starts).reshape(-1)  # rays that miss the sphere have empty bins
+    if occupied is not None:
+        keep = keep & occupied(points)
+    keep = keep.nonzero()[:, 0]  # sorted: samples of a ray stay in order
+    ray_indices = torch.div(keep, S, rounding_mode="floor")
+    sigmas, rgbs, normals = field_fn(points.index_select(0, keep), ray_indices)
+    dense_sigmas = points.new_zeros(n_rays * S).index_put((keep,), sigmas)
+    weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, dense_sigmas.view(n_rays, S))
+    w = weights.reshape(-1).index_select(0, keep)  # backward: a deterministic 1-D index_add_
+    return _composite(w, t_sample.reshape(-1).index_select(0, keep), rgbs, normals, dirs, ray_indices, n_rays)
 
 
-def occupancy_lookup(estimator: nerfacc.OccGridEstimator, points: Tensor, dilate: int = 1) -> Tensor:
-    """bool [N]: is the cell of each point, or one within ``dilate`` cells, occupied (level 0).
+def dilated_occupancy(estimator: nerfacc.OccGridEstimator, dilate: int = 1) -> Tensor:
+    """bool [res,res,res]: cells that are occupied or within ``dilate`` cells of one (level 0).
 
     The grid update tests one random point per cell, so it misses cells where the density
     varies fast; growing the occupied region by a cell keeps the skipped samples' share of
@@ -164,8 +154,12 @@ def occupancy_lookup(estimator: nerfacc.OccGridEstimator, points: Tensor, dilate
     if dilate > 0:
         k = 2 * dilate + 1
         grid = torch.nn.functional.max_pool3d(grid[None, None].float(), k, stride=1, padding=dilate)[0, 0] > 0
-    aabb = estimator.aabbs[0]
-    res = estimator.resolution.to(points.device)
+    return grid
+
+
+def occupancy_lookup(grid: Tensor, aabb: Tensor, points: Tensor) -> Tensor:
+    """bool [N]: is each point inside ``aabb`` [6] and in an occupied cell of ``grid`` [X,Y,Z]."""
+    res = torch.tensor(grid.shape, device=points.device)
     u = (points - aabb[:3]) / (aabb[3:] - aabb[:3])
     inside = ((u >= 0) & (u <= 1)).all(-1)
     cell = torch.minimum((u.clamp(0, 1) * res).long(), res - 1)

@@ -5,7 +5,10 @@ Field (Instant-NGP encoding + small MLP heads, scene bounded by the sphere |x| <
     h = HashGrid((x / radius + 1) / 2)
     sigma(x)  = softplus(MLP_sigma(h) + a (1 - |x| / r))     density blob (Magic3D): a ball at start
     albedo(x) = sigmoid(MLP_albedo(h))
-    n(x)      = -grad sigma / |grad sigma|                   analytic (autograd) or central differences
+    n(x)      = -grad sigma / |grad sigma|                   analytic or central differences
+
+The analytic gradient is computed in closed form, forward mode: the hash grid returns its
+features' spatial Jacobian, which is pushed through the density MLP (no double backward).
 
 Shading (DreamFusion, Poole et al. 2022): during an albedo-only warm-up, then at random per
 render call among albedo, Lambertian and textureless, under a random point light p:
@@ -20,8 +23,10 @@ or the mean binary entropy of the opacity.
 
 Sampling: nerfacc's occupancy-grid marching on CUDA, its dense ``[rays, samples]`` path
 elsewhere, skipping samples in empty cells of the same occupancy grid (see
-:mod:`sds3d.render.nerf_render`). Rays are rendered in chunks; with gradients, each chunk is
-activation-checkpointed so memory stays that of one chunk (512x512 renders fit).
+:mod:`sds3d.render.nerf_render`). Rays are rendered in chunks; with gradients and more than
+one chunk, each chunk is activation-checkpointed so memory stays that of one chunk (512x512
+renders fit); a render that fits one chunk is not recomputed. ``EXEMPLAR_NERF`` is the
+CPU preset for 64x64 renders.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sds3d.cameras import Cameras
-from sds3d.render.nerf_render import RayBundleOutput, occupancy_lookup, render_rays_dense, render_rays_occgrid
+from sds3d.render.nerf_render import (
+    RayBundleOutput,
+    dilated_occupancy,
+    occupancy_lookup,
+    render_rays_dense,
+    render_rays_occgrid,
+)
 from sds3d.scenes.hashgrid import HashGrid, HashGridConfig
 from sds3d.types import RenderOutput, SDS3DError
 
@@ -59,7 +70,8 @@ class NerfConfig:
     blob_radius: float = 0.5
     """Radius r where the density bias reaches zero."""
     normals: Literal["analytic", "finite_difference"] = "analytic"
-    """Normals from autograd of the density, or from central differences."""
+    """Normals from the closed-form density gradient, or from central differences (6 more
+    density queries per sample)."""
     normal_eps: float = 5e-3
     """Step of the finite-difference normals (world units)."""
     albedo_warmup_steps: int = 1000
@@ -121,6 +133,17 @@ class NerfConfig:
         return NerfScene(self, torch.device(device))
 
 
+EXEMPLAR_NERF = NerfConfig(
+    grid=HashGridConfig(n_levels=8, log2_hashmap_size=16, per_level_scale=2 ** (4 / 7)),
+    num_samples=32,
+)
+"""CPU preset for 64x64 renders (exemplar runs): 8 levels of 16 to 256 cells per axis in
+tables of 2^16 entries (a 256-cell level still resolves a quarter pixel at 64x64), and 32
+samples per ray (a bin of 1/16 of the radius, about 1.7 pixels at the default cameras). On
+the CLI: --nerf.grid.n-levels 8 --nerf.grid.log2-hashmap-size 16
+--nerf.grid.per-level-scale 1.486 --nerf.num-samples 32."""
+
+
 def _mlp(n_in: int, width: int, layers: int, n_out: int) -> nn.Sequential:
     mods: list[nn.Module] = []
     for i in range(layers):
@@ -143,17 +166,38 @@ class RadianceField(nn.Module):
     def _encode(self, x: Tensor) -> Tensor:
         return self.grid((x / self.cfg.radius + 1.0) * 0.5)
 
-    def _sigma(self, x: Tensor, h: Tensor) -> Tensor:
-        bias = self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
-        return F.softplus(self.density_head(h)[:, 0] + bias)
+    def _blob(self, x: Tensor) -> Tensor:
+        return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
 
     def density(self, x: Tensor) -> Tensor:
-        return self._sigma(x, self._encode(x))
+        return F.softplus(self.density_head(self._encode(x))[:, 0] + self._blob(x))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [N,3] -> sigma [N], albedo [N,3]."""
         h = self._encode(x)
-        return self._sigma(x, h), torch.sigmoid(self.albedo_head(h))
+        return F.softplus(self.density_head(h)[:, 0] + self._blob(x)), torch.sigmoid(self.albedo_head(h))
+
+    def with_gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """sigma [N], albedo [N,3] and d sigma / d x [N,3] in closed form (forward mode).
+
+        The encoding's Jacobian is pushed through the density head (Linear: W J; ReLU: J
+        masked where the unit is off) and the softplus; first-order differentiable w.r.t.
+        the parameters, so analytic normals cost no double backward.
+        """
+        h, jac = self.grid.encode((x / self.cfg.radius + 1.0) * 0.5, jacobian=True)
+        assert jac is not None
+        jac = jac * (0.5 / self.cfg.radius)  # [N,3,D]
+        z = h
+        for m in self.density_head:
+            if isinstance(m, nn.Linear):
+                z, jac = m(z), F.linear(jac, m.weight)
+            else:  # ReLU
+                jac = jac * (z > 0).unsqueeze(1).to(jac.dtype)
+                z = m(z)
+        raw = z[:, 0] + self._blob(x)
+        d_blob = (-self.cfg.blob_density / self.cfg.blob_radius) * F.normalize(x, dim=-1, eps=1e-12)
+        grad = torch.sigmoid(raw)[:, None] * (jac[:, :, 0] + d_blob)  # softplus' = sigmoid
+        return F.softplus(raw), torch.sigmoid(self.albedo_head(h)), grad
 
 
 class NerfScene:
@@ -170,6 +214,7 @@ class NerfScene:
         self.training = True
         self.step = 0
         self.estimator: nerfacc.OccGridEstimator | None = None
+        self._occ_cache: tuple[Tensor, int, Tensor] | None = None
         if cfg.occupancy:
             r = cfg.radius
             self.estimator = nerfacc.OccGridEstimator([-r, -r, -r, r, r, r], cfg.occ_resolution).to(device)
@@ -187,7 +232,7 @@ class NerfScene:
 
     def _normals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """sigma, albedo, unit normals (-grad sigma) at x; differentiable when grad is enabled."""
-        if self.cfg.normals == "finite_difference" or torch.is_inference_mode_enabled():
+        if self.cfg.normals == "finite_difference":
             sigma, albedo = self.field(x)
             eps = self.cfg.normal_eps
             offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # [3,3]
@@ -195,13 +240,7 @@ class NerfScene:
             s = self.field.density(shifted).reshape(2, -1, 3)
             grad = (s[0] - s[1]) / (2 * eps)
         else:
-            create_graph = torch.is_grad_enabled()
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                sigma, albedo = self.field(xg)
-                (grad,) = torch.autograd.grad(sigma.sum(), xg, create_graph=create_graph)
-            if not create_graph:
-                sigma, albedo, grad = sigma.detach(), albedo.detach(), grad.detach()
+            sigma, albedo, grad = self.field.with_gradient(x)
         return sigma, albedo, -F.normalize(grad, dim=-1, eps=1e-20)
 
     def _needs_normals(self, shading: Shading) -> bool:
@@ -245,6 +284,15 @@ class NerfScene:
 
     # ------------------------------------------------------------------ rendering
 
+    def _dilated_occupancy(self) -> Tensor:
+        """The occupancy grid grown by one cell (dense path), recomputed when the grid changes."""
+        assert self.estimator is not None
+        src = self.estimator.binaries  # replaced by each update, changed in place by a load
+        cache = self._occ_cache
+        if cache is None or cache[0] is not src or cache[1] != src._version:
+            self._occ_cache = cache = (src, src._version, dilated_occupancy(self.estimator))
+        return cache[2]
+
     def _render_chunk(self, origins: Tensor, dirs: Tensor, lights: Tensor | None, shading: Shading) -> tuple[Tensor, ...]:
         field_fn = self._field_fn(shading, lights, self._needs_normals(shading))
         if self.estimator is not None and origins.is_cuda:
@@ -253,8 +301,10 @@ class NerfScene:
                 self.step_size, self.cfg.occ_alpha_threshold, self.training,
             )  # fmt: skip
         else:
-            est = self.estimator
-            occupied = None if est is None else (lambda x: occupancy_lookup(est, x))
+            occupied = None
+            if self.estimator is not None:
+                grid, aabb = self._dilated_occupancy(), self.estimator.aabbs[0]
+                occupied = lambda x: occupancy_lookup(grid, aabb, x)  # noqa: E731
             out = render_rays_dense(field_fn, origins, dirs, self.cfg.radius, self.cfg.num_samples, self.training, occupied)
         n = torch.tensor(out.num_samples, device=origins.device)
         return out.rgb, out.opacity, out.depth, out.normal, out.orientation, n
