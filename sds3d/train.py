@@ -238,14 +238,13 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
             {"step": step, "scene": scene.state_dict(), "guidance": guidance.state_dict(), "rng": rng_state(cam_gen)},
         )
 
-    metrics = (run_dir / "metrics.jsonl").open("a" if resume else "w")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="sds3d", unit="step", dynamic_ncols=True)
     t_step = time.perf_counter()
-    with stop_signals() as stop:
+    with (run_dir / "metrics.jsonl").open("a" if resume else "w") as metrics, stop_signals() as stop:
         for step in bar:
             if stop:
+                check_finite(scene, step - 1, run_dir)  # never replace a good checkpoint with NaNs
                 checkpoint(step)
-                metrics.close()
                 raise RunInterrupted(
                     f"stopped by signal {stop['signal']} at step {step}; checkpoint saved: resume with sds3d generate --resume {run_dir}"
                 )
@@ -263,9 +262,8 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
             if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    metrics.close()
                     raise TrainingDiverged(
-                        f"the loss became {loss_value} at step {step}; the last good checkpoint in {run_dir} is kept. "
+                        f"NaN/Inf loss ({loss_value}) at step {step}; the last good checkpoint in {run_dir} is kept. "
                         "Lower the learning rates or the guidance scale, or enable gradient clipping"
                     )
                 now = time.perf_counter()
@@ -290,7 +288,6 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not last:
                 check_finite(scene, step, run_dir)
                 checkpoint(step + 1)
-    metrics.close()
     check_finite(scene, cfg.steps - 1, run_dir)
     checkpoint(cfg.steps)
     train_seconds = time.perf_counter() - t0
