@@ -1,0 +1,229 @@
+"""Kill-and-resume equality, NaN handling and bad inputs of runs, on the CPU with the exemplar prior.
+
+A run stopped by SIGTERM and resumed from its checkpoint must end bit-identical (torch.equal)
+to an uninterrupted run of the same seed: scene parameters, optimizer moments, densification
+state and RNG streams.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import sds3d.train as train
+from sds3d.cli import main
+from sds3d.types import GuidanceOutput
+
+ROOT = Path(__file__).parents[1]
+FAST = ["--prior", "exemplar", "--device", "cpu", "--resolution", "32", "--batch-size", "2",
+        "--gaussians.num-init", "256", "--gaussians.init-opacity", "0.5", "--turntable-frames", "4",
+        "--turntable-resolution", "32", "--preview-every", "0", "--export.resolution", "32",
+        "--export.turntable-frames", "4", "--export.turntable-resolution", "32",
+        "--export.eval-views", "2", "--export.eval-resolution", "32", "--log-every", "1"]
+
+
+def assert_same_tree(a, b, where="checkpoint"):
+    """Recursive bit-identity of two checkpoint trees (tensors with torch.equal)."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    elif hasattr(a, "dtype") and hasattr(a, "shape"):  # numpy RNG state
+        assert (a == b).all(), where
+    else:
+        assert a == b, where
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def error_lines(capsys) -> list[str]:
+    """stderr lines other than the progress bar's."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("sds3d: ")
+            or line.startswith("sds3d: error")]
+
+
+def only_run(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def sigterm_at_step(monkeypatch, k: int) -> None:
+    """Deliver SIGTERM to this process while step ``k`` renders (the loop stops before k+1)."""
+    calls = {"n": 0}
+    real = train.sample_cameras
+
+    def sample(*args, **kwargs):
+        if calls["n"] == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "sample_cameras", sample)
+
+
+DENSIFY = ["--gaussians.refine-start", "1", "--gaussians.refine-every", "2", "--gaussians.grow-grad2d", "1e-9",
+           "--gaussians.max-gaussians", "700"]
+
+
+@pytest.mark.parametrize(
+    "extra", [DENSIFY, pytest.param(["--guidance", "vsd"], marks=pytest.mark.slow)], ids=["sds-densify", "vsd"]
+)
+def test_generate_sigterm_then_resume_is_bit_identical(tmp_path, monkeypatch, capsys, extra):
+    """Densification (strategy state, grown optimizer moments) and VSD's trained denoiser survive a resume."""
+    args = ["generate", "a snowman", *FAST, *extra, "--steps", "6", "--checkpoint-every", "2"]
+    assert main([*args, "--output-dir", str(tmp_path / "ref")]) == 0
+    ref = only_run(tmp_path / "ref")
+
+    with monkeypatch.context() as m:
+        sigterm_at_step(m, 2)
+        assert main([*args, "--output-dir", str(tmp_path / "cut")]) == 130
+    err = capsys.readouterr().err
+    assert "--resume" in err
+    cut = only_run(tmp_path / "cut")
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "step 3" in summary["error"]
+    assert load(cut / "checkpoint.pt")["step"] == 3  # steps 0..2 done, not the checkpoint of step 2
+    assert not (cut / "mesh.glb").exists()
+
+    assert main(["generate", "--resume", str(cut)]) == 0
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["resumed_from_step"] == 3
+    a, b = load(ref / "checkpoint.pt"), load(cut / "checkpoint.pt")
+    assert a["step"] == b["step"] == 6
+    assert_same_tree(a["scene"], b["scene"], "scene")
+    assert_same_tree(a["guidance"], b["guidance"], "guidance")
+    assert_same_tree(a["rng"], b["rng"], "rng")
+    steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+    ref_metrics = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in ref_metrics] == [json.loads(line)["loss"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    if extra is DENSIFY:  # the run really densified, before and after the cut
+        counts = [m["num_primitives"] for m in ref_metrics]
+        assert counts[0] < counts[2] < counts[-1] == 700, counts  # grew at steps 2 and 4, then hit the cap
+
+
+def test_batch_killed_by_sigterm_and_rerun_matches_an_uninterrupted_batch(tmp_path):
+    """The issue's check: SIGTERM a real `sds3d batch` process mid-run, rerun the same command."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a snowman\n")
+    cmd = [sys.executable, "cli.py", "batch", str(prompts), *FAST, "--steps", "8", "--checkpoint-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads in every process: same float sums
+    ref = subprocess.Popen([*cmd, "--batch-dir", str(tmp_path / "ref")], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cut_cmd = [*cmd, "--batch-dir", str(tmp_path / "cut")]
+    cut = subprocess.Popen(cut_cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "cut" / "0000-a-snowman"
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():  # the first checkpoint: the loop (and its handler) is running
+        assert cut.poll() is None and time.monotonic() < deadline, cut.stderr.read() if cut.poll() is not None else "timeout"
+        time.sleep(0.02)
+    cut.send_signal(signal.SIGTERM)
+    _, err = cut.communicate(timeout=120)
+    assert cut.returncode == 130, err
+    assert "interrupted" in err or "stopped by signal" in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    stopped_at = load(run / "checkpoint.pt")["step"]
+    assert 2 <= stopped_at < 8
+    (record,) = [json.loads(line) for line in (tmp_path / "cut" / "manifest.jsonl").read_text().splitlines()]
+    assert record["status"] == "interrupted" and record["prompt"] == "a snowman"
+    assert "interrupted" in (tmp_path / "cut" / "index.html").read_text()
+
+    rerun = subprocess.run(cut_cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert ref.wait(timeout=300) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["resumed_from_step"] == stopped_at
+    a, b = load(tmp_path / "ref" / "0000-a-snowman" / "checkpoint.pt"), load(run / "checkpoint.pt")
+    assert a["step"] == b["step"] == 8
+    assert_same_tree(a["scene"], b["scene"], "scene")
+    assert_same_tree(a["rng"], b["rng"], "rng")
+    records = [json.loads(line) for line in (tmp_path / "cut" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["interrupted", "done"]
+
+
+def nan_at_step(monkeypatch, k: int) -> None:
+    """Make the guidance loss NaN from step ``k`` on (the gradients, then the parameters, follow)."""
+    real = train.build_guidance
+
+    def build(*args, **kwargs):
+        guidance = real(*args, **kwargs)
+
+        class NaNAfter:
+            def __call__(self, rgb, cameras, step, max_steps):
+                out = guidance(rgb, cameras, step, max_steps)
+                return GuidanceOutput(out.loss * float("nan"), out.t, out.logs) if step >= k else out
+
+            def __getattr__(self, name):
+                return getattr(guidance, name)
+
+        return NaNAfter()
+
+    monkeypatch.setattr(train, "build_guidance", build)
+
+
+@pytest.mark.parametrize("log_every", [1, 10], ids=["loss-check", "parameter-check"])
+def test_nan_stops_the_run_keeps_the_last_good_checkpoint_and_exports_nothing(tmp_path, monkeypatch, capsys, log_every):
+    """NaN at step 3: caught by the loss check (logged step) or by the parameter check before the
+    checkpoint of step 4; either way checkpoint.pt stays the one of step 2, byte for byte."""
+    nan_at_step(monkeypatch, 3)
+    seen = {}
+    real_save = train.save_checkpoint
+
+    def save(path, state):
+        real_save(path, state)
+        seen[state["step"]] = Path(path).read_bytes()
+
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    args = ["generate", "a snowman", *FAST, "--steps", "6", "--checkpoint-every", "2", "--log-every", str(log_every)]
+    assert main([*args, "--output-dir", str(tmp_path)]) == 1
+    err = error_lines(capsys)
+    assert len(err) == 1 and "NaN" in err[0] and "last good checkpoint" in err[0], err
+    run = only_run(tmp_path)
+    assert list(seen) == [2]
+    assert (run / "checkpoint.pt").read_bytes() == seen[2]
+    ckpt = load(run / "checkpoint.pt")
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["scene"]["splats"].values())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "TrainingDiverged" in summary["error"]
+    assert not any(run.glob("*.glb")) and not any(run.glob("*.ply")) and not any(run.glob("turntable*"))
+
+
+def test_sigterm_after_nan_does_not_overwrite_the_good_checkpoint(tmp_path, monkeypatch, capsys):
+    nan_at_step(monkeypatch, 2)  # NaN parameters after step 2, SIGTERM seen before step 3
+    sigterm_at_step(monkeypatch, 2)
+    args = ["generate", "a snowman", *FAST, "--steps", "6", "--checkpoint-every", "2", "--log-every", "10"]
+    assert main([*args, "--output-dir", str(tmp_path)]) == 1
+    assert "NaN" in capsys.readouterr().err
+    ckpt = load(only_run(tmp_path) / "checkpoint.pt")
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["scene"]["splats"].values())
+
+
+def test_unwritable_output_folder_fails_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "load_priors", lambda *a: pytest.fail("a model loaded"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["generate", "a snowman", *FAST, "--output-dir", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create a run folder" in err[0] and "--output-dir" in err[0], err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_resume_of_a_folder_without_checkpoint_is_one_clear_line(tmp_path, capsys):
+    assert main(["generate", "--resume", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config" in err[0], err
