@@ -8,8 +8,10 @@ dotted for nested ones, ``-`` or ``_``).
 The batch folder holds one run folder per prompt (``NNNN-<slug>``, stable across reruns and
 shards), ``manifest.jsonl`` (one record per finished attempt: prompt, run folder, status
 done/failed/interrupted, error, seconds; appended under a file lock so shards can share it;
-the newest record per prompt wins) and ``index.html``. Rerunning the same command skips
-prompts whose run is done and resumes interrupted ones from their checkpoints.
+the newest record per prompt wins) and ``index.html`` (every prompt from the start, rewritten
+under the same lock after each one, so the last shard to write it has seen every record).
+Rerunning the same command skips prompts whose run is done and resumes interrupted ones from
+their checkpoints.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import json
 import os
 import time
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from sds3d.config import RunConfig
 from sds3d.factory import build_prompts, load_priors, precompute_prompts
@@ -146,16 +149,34 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return i, n
 
 
-def append_manifest(batch_dir: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line under an exclusive lock (safe for concurrent shards)."""
-    with open(batch_dir / MANIFEST, "a") as f:
+@contextmanager
+def manifest_lock(batch_dir: Path) -> Iterator[IO[str]]:
+    """The manifest opened for appending under an exclusive lock (shards take turns)."""
+    try:
+        f = open(batch_dir / MANIFEST, "a")
+    except OSError as e:
+        raise SDS3DError(f"cannot write {batch_dir / MANIFEST}: {e.strerror}; pass a writable --batch-dir") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_manifest(batch_dir: Path, record: dict[str, Any] | None, entries: list[BatchEntry] | None = None) -> None:
+    """Append one JSON line (safe for concurrent shards); with ``entries``, also rewrite
+    index.html under the same lock, so whichever shard writes it last has seen every record."""
+    with manifest_lock(batch_dir) as f:
+        if record is not None:
+            try:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise SDS3DError(f"cannot write {batch_dir / MANIFEST}: {e.strerror}; free disk space and rerun the batch") from None
+        if entries is not None:
+            write_gallery(batch_dir, entries, read_manifest(batch_dir))
 
 
 def read_manifest(batch_dir: Path) -> dict[int, dict[str, Any]]:
@@ -196,6 +217,7 @@ def run_batch(cmd: Any) -> int:
     except OSError as e:
         raise SDS3DError(f"cannot create batch folder {batch_dir}: {e.strerror}; pass a writable --batch-dir") from None
 
+    append_manifest(batch_dir, None, entries)  # the gallery shows every prompt from the start
     priors_cache: dict[tuple[str, str | None, str, str], Any] = {}
     failed = 0
     for n, entry in enumerate(mine, 1):
@@ -218,18 +240,16 @@ def run_batch(cmd: Any) -> int:
             resume = (run_dir / "checkpoint.pt").exists()
             result = generate(entry.prompt, cfg, run_dir=run_dir, resume=resume, priors=priors_cache[key])
             record.update(status="done", error=None, seconds=result.seconds)
-        except RunInterrupted as e:
-            record.update(status="interrupted", error=str(e), seconds=time.perf_counter() - t0)
-            append_manifest(batch_dir, record)
-            write_gallery(batch_dir, entries, read_manifest(batch_dir))
+        except (RunInterrupted, KeyboardInterrupt) as e:
+            record.update(status="interrupted", error=str(e) or "interrupted", seconds=time.perf_counter() - t0)
+            append_manifest(batch_dir, record, entries)
             raise
         except Exception as e:  # noqa: BLE001 - one prompt's failure must not stop the batch
             failed += 1
             msg = str(e) if isinstance(e, SDS3DError) else f"{type(e).__name__}: {e}"
             print(f"  failed: {msg}")
             record.update(status="failed", error=msg, seconds=time.perf_counter() - t0)
-        append_manifest(batch_dir, record)
-        write_gallery(batch_dir, entries, read_manifest(batch_dir))
-    write_gallery(batch_dir, entries, read_manifest(batch_dir))
+        append_manifest(batch_dir, record, entries)
+    append_manifest(batch_dir, None, entries)
     print(f"batch folder: {batch_dir} ({failed} failed)")
     return 1 if failed else 0

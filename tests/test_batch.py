@@ -82,3 +82,124 @@ def test_concurrent_manifest_writers_do_not_interleave(tmp_path):
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 150 and all(json.loads(line)["status"] == "done" for line in lines)
     assert len(read_manifest(tmp_path)) == 150
+
+
+# ---------------------------------------------------------------------- end-to-end batches (exemplar prior, CPU)
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import sds3d.batch as batch  # noqa: E402
+from sds3d.cli import main  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+FAST = ["--prior", "exemplar", "--device", "cpu", "--resolution", "32", "--batch-size", "2",
+        "--gaussians.num-init", "256", "--gaussians.init-opacity", "0.5", "--turntable-frames", "4",
+        "--turntable-resolution", "32", "--preview-every", "0", "--export.resolution", "32",
+        "--export.turntable-frames", "4", "--export.turntable-resolution", "32",
+        "--export.eval-views", "2", "--export.eval-resolution", "32", "--steps", "2"]
+MIXED = """# three objects, one of them unknown to the exemplar library
+   a snowman   
+
+a snowman
+a rubber duck | seed=3
+# a line that only fails when it runs:
+a dragon
+a rubber duck | seed=3
+"""
+
+
+def manifest_lines(batch_dir):
+    return [json.loads(line) for line in (batch_dir / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_mixed_batch_records_the_failure_finishes_the_rest_and_reruns_skip_done(tmp_path, capsys):
+    prompts = tmp_path / "mixed.txt"
+    prompts.write_text(MIXED)
+    out = tmp_path / "batch"
+    assert main(["batch", str(prompts), *FAST, "--batch-dir", str(out)]) == 1
+    records = manifest_lines(out)
+    assert [(r["index"], r["prompt"], r["status"]) for r in records] == [
+        (0, "a snowman", "done"), (1, "a rubber duck", "done"), (2, "a dragon", "failed")]
+    assert [r["run_dir"] for r in records] == ["0000-a-snowman", "0001-a-rubber-duck", "0002-a-dragon"]
+    assert records[1]["overrides"] == {"seed": "3"}
+    assert records[0]["error"] is None and "names no object" in records[2]["error"] and "'a snowman'" in records[2]["error"]
+    assert all(r["seconds"] > 0 for r in records)
+    for r in records[:2]:
+        run = out / r["run_dir"]
+        assert json.loads((run / "summary.json").read_text())["status"] == "done" and (run / "mesh.glb").exists()
+    assert json.loads((out / "0001-a-rubber-duck" / "config.json").read_text())["config"]["seed"] == 3
+    assert json.loads((out / "0002-a-dragon" / "summary.json").read_text())["status"] == "failed"
+    page = (out / "index.html").read_text()
+    for prompt, status in (("a snowman", "done"), ("a rubber duck", "done"), ("a dragon", "failed")):
+        assert f'<div class="card" data-status="{status}">' in page and f'<div class="prompt">{prompt}</div>' in page
+    assert "3 prompts: 2 done, 1 failed" in page and "0000-a-snowman/mesh.glb" in page
+    assert "failed" in capsys.readouterr().out
+
+    done_bytes = (out / "0000-a-snowman" / "checkpoint.pt").read_bytes()
+    assert main(["batch", str(prompts), *FAST, "--batch-dir", str(out)]) == 1
+    stdout = capsys.readouterr().out
+    assert "skip (done): a snowman" in stdout and "skip (done): a rubber duck" in stdout
+    assert [(r["prompt"], r["status"]) for r in manifest_lines(out)[3:]] == [("a dragon", "failed")]
+    assert (out / "0000-a-snowman" / "checkpoint.pt").read_bytes() == done_bytes
+    assert {r["status"] for r in batch.read_manifest(out).values()} == {"done", "failed"}
+
+
+def test_two_concurrent_shards_write_one_consistent_manifest(tmp_path):
+    prompts = tmp_path / "four.txt"
+    prompts.write_text("a snowman\na dragon\na traffic cone\na coffee mug\n")
+    out = tmp_path / "batch"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "cli.py", "batch", str(prompts), *FAST, "--batch-dir", str(out), "--shard", f"{i}/2"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    # shard 0 takes prompts 0 and 2, shard 1 takes 1 (the failing "a dragon") and 3
+    assert [p.returncode for p in procs] == [0, 1], results
+    records = manifest_lines(out)
+    assert sorted(r["index"] for r in records) == [0, 1, 2, 3]  # every prompt exactly once
+    status = {r["prompt"]: r["status"] for r in records}
+    assert status == {"a snowman": "done", "a dragon": "failed", "a traffic cone": "done", "a coffee mug": "done"}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "0000-a-snowman", "0001-a-dragon", "0002-a-traffic-cone", "0003-a-coffee-mug"]
+    page = (out / "index.html").read_text()  # the last shard to write it had seen every record
+    assert "4 prompts: 3 done, 1 failed" in page and page.count("data-status=") == 4 and "data-status=\"pending\"" not in page
+
+
+def test_bad_batch_inputs_fail_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(batch, "load_priors", lambda *a: pytest.fail("a model loaded"))
+    good = tmp_path / "good.txt"
+    good.write_text("a snowman\n")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00a snowman\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [
+        ([str(tmp_path / "missing.txt")], "prompt file not found"),
+        ([str(tmp_path)], "cannot read prompt file"),  # a folder
+        ([str(binary)], "cannot read prompt file"),  # not UTF-8
+        ([str(good), "--batch-dir", str(blocker / "batch")], "cannot create batch folder"),
+        ([str(good), "--shard", "2/2"], "--shard"),
+        ([str(good), "--steps", "0"], "--steps must be positive"),
+    ]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("a snowman\n   | seed=3\n")
+    cases.append(([str(empty)], "empty prompt"))
+    for args, message in cases:
+        assert main(["batch", *args, *FAST[:4], "--output-dir", str(tmp_path / "out")]) != 0, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    assert not (tmp_path / "out").exists()
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("command", ["batch", "generate"])
+def test_unknown_flag_is_a_usage_error(tmp_path, command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "a snowman", "--no-such-flag", "3"])
+    assert e.value.code not in (0, None)
+    assert "no-such-flag" in capsys.readouterr().err
