@@ -227,3 +227,28 @@ def test_resume_of_a_folder_without_checkpoint_is_one_clear_line(tmp_path, capsy
     assert main(["generate", "--resume", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config" in err[0], err
+
+
+def test_full_disk_at_a_checkpoint_fails_clearly_and_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    import sds3d.checkpoint as checkpoint
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the checkpoint of step 4: the disk fills up halfway through
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    args = ["generate", "a snowman", *FAST, "--steps", "6", "--checkpoint-every", "2", "--output-dir", str(tmp_path)]
+    assert main(args) == 1
+    err = error_lines(capsys)
+    assert len(err) == 1 and "No space left on device" in err[0] and "free disk space" in err[0], err
+    run = only_run(tmp_path)
+    assert load(run / "checkpoint.pt")["step"] == 2
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp file left
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert not (run / "mesh.glb").exists()
