@@ -38,6 +38,7 @@ from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
 from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
 from sds3d.export import ExportConfig
+from sds3d.scenes.nerf import EXEMPLAR_NERF
 from sds3d.types import SDS3DError
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
@@ -70,6 +71,7 @@ class BenchConfig:
     """Elevations of the back/front camera pairs of the Janus score."""
     run: RunConfig = RunConfig(
         prior="exemplar",
+        nerf=EXEMPLAR_NERF,
         preview_every=0,
         checkpoint_every=0,
         turntable_frames=4,
