@@ -75,8 +75,8 @@ def sigterm_at_step(monkeypatch, k: int) -> None:
     monkeypatch.setattr(train, "sample_cameras", sample)
 
 
-DENSIFY = ["--gaussians.refine-start", "1", "--gaussians.refine-every", "2", "--gaussians.grow-grad2d", "1e-9",
-           "--gaussians.max-gaussians", "700"]
+DENSIFY = ["--gaussians.num-init", "128", "--gaussians.refine-start", "1", "--gaussians.refine-every", "2",
+           "--gaussians.grow-grad2d", "1e-9", "--gaussians.max-gaussians", "400"]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_generate_sigterm_then_resume_is_bit_identical(tmp_path, monkeypatch, ca
     assert [m["loss"] for m in ref_metrics] == [json.loads(line)["loss"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
     if extra is DENSIFY:  # the run really densified, before and after the cut
         counts = [m["num_primitives"] for m in ref_metrics]
-        assert counts[0] < counts[2] < counts[-1] == 700, counts  # grew at steps 2 and 4, then hit the cap
+        assert counts[0] < counts[2] < counts[-1] == 400, counts  # grew at steps 2 and 4, then hit the cap
 
 
 def test_batch_killed_by_sigterm_and_rerun_matches_an_uninterrupted_batch(tmp_path):
