@@ -19,6 +19,7 @@ import os
 import random
 import re
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,16 +202,30 @@ def generate(
     }
     t0 = time.perf_counter()
     try:
-        result = _train(prompt, prompts, cfg, device, run_dir, resume, priors, progress, summary, t0)
+        try:
+            result = _train(prompt, prompts, cfg, device, run_dir, resume, priors, progress, summary, t0)
+        except torch.cuda.OutOfMemoryError:
+            raise SDS3DError(
+                f"out of GPU memory on {device}; lower --batch-size or --resolution, use --nerf.ray-chunk "
+                "smaller, --diffusers.tiny-vae, or put the multi-view prior on another GPU with --mv-device"
+            ) from None
     except RunInterrupted as e:
-        summary.update(status="interrupted", error=str(e), seconds=time.perf_counter() - t0)
-        write_json_atomic(run_dir / "summary.json", summary)
+        _record_end(run_dir, summary, "interrupted", str(e), t0)
         raise
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
-        write_json_atomic(run_dir / "summary.json", summary)
+        msg = str(e) if isinstance(e, SDS3DError) else f"{type(e).__name__}: {e}"
+        _record_end(run_dir, summary, "failed", msg, t0)
         raise
     return result
+
+
+def _record_end(run_dir: Path, summary: dict[str, Any], status: str, error: str, t0: float) -> None:
+    """Write summary.json for a run that did not finish; never hides the original error."""
+    summary.update(status=status, error=error, seconds=time.perf_counter() - t0)
+    try:
+        write_json_atomic(run_dir / "summary.json", summary)
+    except SDS3DError as e:
+        print(f"sds3d: warning: {e}", file=sys.stderr)
 
 
 def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool, priors, progress: bool, summary, t0) -> RunResult:
