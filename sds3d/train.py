@@ -213,8 +213,7 @@ def generate(
         _record_end(run_dir, summary, "interrupted", str(e), t0)
         raise
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised
-        msg = str(e) if isinstance(e, SDS3DError) else f"{type(e).__name__}: {e}"
-        _record_end(run_dir, summary, "failed", msg, t0)
+        _record_end(run_dir, summary, "failed", f"{type(e).__name__}: {e}", t0)
         raise
     return result
 
