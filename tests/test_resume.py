@@ -80,7 +80,7 @@ DENSIFY = ["--gaussians.num-init", "128", "--gaussians.refine-start", "1", "--ga
 
 
 @pytest.mark.parametrize(
-    "extra", [DENSIFY, pytest.param(["--guidance", "vsd"], marks=pytest.mark.slow)], ids=["sds-densify", "vsd"]
+    "extra", [DENSIFY, ["--guidance", "vsd"]], ids=["sds-densify", "vsd"]
 )
 def test_generate_sigterm_then_resume_is_bit_identical(tmp_path, monkeypatch, capsys, extra):
     """Densification (strategy state, grown optimizer moments) and VSD's trained denoiser survive a resume."""
