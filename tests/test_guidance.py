@@ -218,9 +218,9 @@ def test_nfsd_gradient_both_sides_of_switch(frac: float) -> None:
 
 
 def test_nfsd_switch_is_per_sample_and_keeps_user_negative(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sds3d.guidance.nfsd as nfsd
+    import sds3d.guidance.common as common
 
-    monkeypatch.setattr(nfsd, "sample_timesteps", lambda *a, **k: torch.tensor([150, 600]))
+    monkeypatch.setattr(common, "sample_timesteps", lambda *a, **k: torch.tensor([150, 600]))
     prior = StubPrior()
     prompts = PromptSet(PROMPT, negative="ugly", view_dependent=False)
     guidance = NFSDConfig(guidance_scale=2.0, weighting="uniform").setup(prior, prompts)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -165,3 +165,20 @@ def finish(x: Tensor, g: Tensor, t: Tensor, grad_clip: float | None, clip_mode: 
 def progress(step: int, max_steps: int) -> float:
     """step / max_steps clamped to [0, 1]."""
     return min(max(step / max(max_steps, 1), 0.0), 1.0)
+
+
+def noised_predictions(
+    prior: Any, rgb: Tensor, step: int, max_steps: int, timesteps: TimestepConfig,
+    prompt_lists: Sequence[Sequence[str]], cameras: Any,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The shared start of SDS/NFSD/CSD: encode the renders, draw t and eps, noise, and get the
+    predictions for every prompt list in ONE ``prior.predict_noise`` call.
+
+    Returns ``(x, t, eps, e)`` with ``e`` [K,B,...] in the order of ``prompt_lists``.
+    """
+    x = prior.encode_images(rgb)
+    t = sample_timesteps(timesteps, x.shape[0], step, max_steps, prior.num_train_timesteps, x.device)
+    eps = torch.randn_like(x)
+    x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
+    e = prior.predict_noise(x_t, t, [prior.condition(p) for p in prompt_lists], cameras)
+    return x, t, eps, e

@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from sds3d.cameras import Cameras
-from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noisy, progress, sample_timesteps, weight
+from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noised_predictions, progress, weight
 from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
 from sds3d.prompts import PromptSet
 from sds3d.types import GuidanceOutput, Prior, SDS3DError
@@ -83,19 +82,11 @@ class CSDGuidance:
 
     def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
-        x = prior.encode_images(rgb)
-        b = x.shape[0]
-        t = sample_timesteps(cfg.timesteps, b, step, max_steps, prior.num_train_timesteps, x.device)
-        eps = torch.randn_like(x)
-        x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
-        conds: list[Any] = [
-            prior.condition(self.prompts.for_cameras(cameras)),
-            prior.condition(self.prompts.negatives(b)),
-            prior.condition(self.prompts.empties(b)),
-        ]
+        b = len(cameras)
+        prompt_lists = [self.prompts.for_cameras(cameras), self.prompts.negatives(b), self.prompts.empties(b)]
         if self.perp_neg:
-            conds += [prior.condition(p) for p in perp_neg_prompts(self.prompts, b)]
-        e = prior.predict_noise(x_t, t, conds, cameras)
+            prompt_lists += perp_neg_prompts(self.prompts, b)
+        x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras)
         e_y, e_neg, e_0 = e[0], e[1], e[2]
         a_y, a_neg, a_0 = cfg.coefficients(step, max_steps)
         score = a_y * e_y + a_neg * e_neg + a_0 * e_0
