@@ -30,22 +30,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from sds3d.priors.stable_diffusion import StableDiffusionPrior, apply_speed_options
+from sds3d.priors.stable_diffusion import SD21_UNET, StableDiffusionPrior, apply_speed_options
 
 Arch = Literal["tiny", "sd21"]
 
-SD21_UNET: dict[str, Any] = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    attention_head_dim=(5, 10, 20, 20),
-    cross_attention_dim=1024,
-    use_linear_projection=True,
-)
 SD21_VAE: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,

@@ -43,7 +43,7 @@ from torch import Tensor
 from sds3d.cameras import Cameras
 from sds3d.priors.loading import SD_MIRROR, hub_offline, load_part
 from sds3d.priors.mvdream_convert import load_ldm_into, read_ldm_unet_state
-from sds3d.priors.stable_diffusion import StableDiffusionPrior
+from sds3d.priors.stable_diffusion import SD21_UNET, StableDiffusionPrior, freeze
 from sds3d.types import SDS3DError
 
 MVDREAM_REPO = "MVDream/MVDream"
@@ -52,16 +52,8 @@ CAMERA_DIM = 16
 
 # SD-2.1-base's UNet config plus the camera MLP (the class-embedding slot) and 32x32 latents.
 MVDREAM_UNET: dict[str, Any] = dict(
+    SD21_UNET,
     sample_size=32,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    attention_head_dim=(5, 10, 20, 20),
-    cross_attention_dim=1024,
-    use_linear_projection=True,
     class_embed_type="projection",
     projection_class_embeddings_input_dim=CAMERA_DIM,
 )
@@ -195,13 +187,6 @@ def save_mvdream_diffusers(unet: Any, folder: Path) -> None:
     unet.save_pretrained(Path(folder) / "unet")
 
 
-def _freeze(module: Any, device: torch.device) -> Any:
-    module.to(device)
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
 @dataclass(frozen=True)
 class MVDreamConfig:
     """The MVDream multi-view prior (coupled / mvsds guidance)."""
@@ -245,8 +230,8 @@ def load_mvdream(
     vae = load_part(AutoencoderKL.from_pretrained, cfg.sd_model, "vae", cache_dir, dtype=dtype)
     sd = StableDiffusionPrior(
         model_id=cfg.sd_model,
-        unet=_freeze(unet, device),
-        vae=_freeze(vae, device),
+        unet=freeze(unet, device),
+        vae=freeze(vae, device),
         scheduler=scheduler,
         tokenizer=tokenizer,
         device=device,
@@ -280,8 +265,8 @@ def random_mvdream(arch: str, device: torch.device, dtype: torch.dtype) -> "MVDr
         text_encoder = archs.RandomTextEncoder(int(unet_cfg["cross_attention_dim"]))
     sd = StableDiffusionPrior(
         model_id=f"sds3d-bench-random-mvdream-{arch}",
-        unet=_freeze(unet, device),
-        vae=_freeze(vae, device),
+        unet=freeze(unet, device),
+        vae=freeze(vae, device),
         scheduler=DDPMScheduler(**archs.SCHEDULER),
         tokenizer=archs.ByteTokenizer(),
         device=device,

@@ -52,6 +52,21 @@ def default_embedding_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "sds3d" / "embeddings"
 
 
+# The published SD-2.1-base UNet (also the base of MVDream's multi-view UNet).
+SD21_UNET: dict[str, Any] = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+)
+
+
 def load_stable_diffusion(
     model: str,
     device: torch.device,
@@ -83,8 +98,8 @@ def load_stable_diffusion(
     vae = load_part(AutoencoderKL.from_pretrained, model, "vae", cache_dir, dtype=dtype)
     prior = StableDiffusionPrior(
         model_id=model,
-        unet=_frozen(unet, device),
-        vae=_frozen(vae, device),
+        unet=freeze(unet, device),
+        vae=freeze(vae, device),
         scheduler=scheduler,
         tokenizer=tokenizer,
         device=device,
@@ -96,7 +111,8 @@ def load_stable_diffusion(
     return prior
 
 
-def _frozen(module: torch.nn.Module, device: torch.device) -> Any:
+def freeze(module: torch.nn.Module, device: torch.device) -> Any:
+    """Move to ``device``, eval mode, no gradients."""
     module.to(device)
     module.eval()
     module.requires_grad_(False)
@@ -146,7 +162,7 @@ class StableDiffusionPrior:
         self._cache_key = _model_cache_key(model_id)
         self.tiny_vae: Any | None = None  # set by apply_speed_options(tiny_vae=...)
         if text_encoder is not None:
-            self.text_encoder = _frozen(text_encoder, device)
+            self.text_encoder = freeze(text_encoder, device)
         else:
             self._load_text_encoder()
 
@@ -200,7 +216,7 @@ class StableDiffusionPrior:
         from transformers import CLIPTextModel
 
         encoder = load_part(CLIPTextModel.from_pretrained, self.model_id, "text_encoder", self.cache_dir, dtype=self.dtype)
-        self.text_encoder = _frozen(encoder, self.device)
+        self.text_encoder = freeze(encoder, self.device)
 
     @torch.no_grad()
     def _encode(self, prompts: list[str], chunk: int = 32) -> None:
@@ -319,7 +335,7 @@ def load_tiny_autoencoder(model: str, device: torch.device, dtype: torch.dtype) 
             f"cannot load the tiny autoencoder {model!r} ({type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}); "
             "pass a diffusers AutoencoderTiny folder or hub id such as madebyollin/taesd, or drop the tiny-VAE option"
         ) from e
-    return _frozen(module, device)
+    return freeze(module, device)
 
 
 def apply_speed_options(
@@ -340,7 +356,7 @@ def apply_speed_options(
     elif tiny_vae is not None:
         if any(p.dtype != prior.dtype for p in tiny_vae.parameters()):
             tiny_vae = tiny_vae.to(prior.dtype)
-        prior.tiny_vae = _frozen(tiny_vae, prior.device)
+        prior.tiny_vae = freeze(tiny_vae, prior.device)
     if prior.tiny_vae is not None and channels_last:
         prior.tiny_vae.to(memory_format=torch.channels_last)
     if compile_unet:
