@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import signal
+import threading
 import sys
 import time
 from contextlib import contextmanager
@@ -119,7 +119,7 @@ def training_background(cfg: RunConfig, batch: int, device: torch.device, gen: t
 def stop_signals() -> Iterator[dict[str, int]]:
     """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
     flag: dict[str, int] = {}
-    if threading_main():
+    if threading.current_thread() is threading.main_thread():
         def handler(signum: int, _frame: Any) -> None:
             flag["signal"] = signum
 
@@ -131,12 +131,6 @@ def stop_signals() -> Iterator[dict[str, int]]:
                 signal.signal(s, h)
     else:
         yield flag
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def set_scene_training(scene: Scene, training: bool) -> None:
