@@ -13,11 +13,11 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
 import tyro
 
-from sds3d.config import RunConfig, load_config
+from sds3d.config import RunConfig, exemplar_recipe, is_exemplar_prior, load_config
 from sds3d.types import SDS3DError
 
 
@@ -104,12 +104,31 @@ def run_export(cmd: Export) -> int:
     return 0
 
 
+def default_run(argv: list[str]) -> RunConfig:
+    """The RunConfig that generate/batch options apply to: ``exemplar_recipe`` when the command
+    line names an exemplar prior (``--prior exemplar`` / ``--prior=exemplar:DIR``), else the
+    published text-to-image defaults of ``RunConfig()``."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--prior" and i + 1 < len(argv) else arg.partition("=")[2] if arg.startswith("--prior=") else None
+        if value is not None and is_exemplar_prior(value):
+            return exemplar_recipe(value)
+    return RunConfig()
+
+
 def main(argv: list[str] | None = None) -> int:
     from sds3d.bench.cli import bench, run_bench_command
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    base = default_run(argv)
+    commands = Union[
+        Annotated[Generate, tyro.conf.subcommand("generate", default=Generate(run=base), prefix_name=False)],
+        Annotated[Batch, tyro.conf.subcommand("batch", default=Batch(files=(), run=base), prefix_name=False)],
+        Annotated[Export, tyro.conf.subcommand("export", prefix_name=False)],
+        Annotated[Any, tyro.conf.subcommand("bench", constructor=bench, prefix_name=False)],
+    ]
     try:
-        cmd = tyro.extras.subcommand_cli_from_dict(
-            {"generate": Generate, "batch": Batch, "export": Export, "bench": bench},
+        cmd = tyro.cli(
+            commands,  # type: ignore[arg-type]
             prog="sds3d",
             description="Text to 3D by score distillation (3D Gaussians or NeRF).",
             args=argv,

@@ -39,7 +39,7 @@ def test_bench_one_object(tmp_path: Path) -> None:
         turntable_resolution=32,
         gaussians=GaussiansConfig(num_init=1024, init_opacity=0.3, init_scale=0.05),
         exemplar=ExemplarConfig(resolution=32, num_groups=6, cache_dir=tmp_path / "cache"),
-        export=ExportConfig(resolution=32, turntable=False, eval_views=0, splat_ply=False),
+        export=ExportConfig(resolution=32, turntable=False, eval_views=2, eval_resolution=32, splat_ply=False),
     )
     cfg = BenchConfig(
         prior=f"exemplar:{tmp_path / 'lib'}", steps=8, device="cpu", output_dir=tmp_path / "out", eval_views=4, run=run
@@ -50,6 +50,8 @@ def test_bench_one_object(tmp_path: Path) -> None:
     for key in ("psnr", "mask_iou", "janus", "normalized", "seconds"):
         assert math.isfinite(rec[key]), key
     assert rec["chamfer"] is None or 0 <= rec["chamfer"] < 1
+    assert rec["mesh_psnr"] is None or rec["mesh_psnr"] > 0  # None only when no mesh was extracted
+    assert rec["mesh_iou"] is None or 0 <= rec["mesh_iou"] <= 1
     [ref] = result["references"]
     assert ref["floor_psnr"] < ref["ceiling_psnr"]
     assert 0 <= rec["mask_iou"] <= 1
@@ -61,13 +63,14 @@ def test_bench_one_object(tmp_path: Path) -> None:
 def test_averages_and_table() -> None:
     rec = dict(guidance="sds", scene="gaussians", seed=0, mask_iou=0.5, janus=1.0, seconds=10.0)
     records = [
-        {**rec, "prompt": "a", "psnr": 20.0, "chamfer": 0.02, "normalized": 0.5},
-        {**rec, "prompt": "b", "psnr": 22.0, "chamfer": None, "normalized": 0.7},
+        {**rec, "prompt": "a", "psnr": 20.0, "chamfer": 0.02, "normalized": 0.5, "mesh_psnr": 26.0, "mesh_iou": 0.9},
+        {**rec, "prompt": "b", "psnr": 22.0, "chamfer": None, "normalized": 0.7, "mesh_psnr": 28.0, "mesh_iou": None},
     ]
     [avg] = _averages(records)
     assert avg["runs"] == 2 and avg["psnr"] == 21.0 and avg["chamfer"] == 0.02
     assert abs(avg["normalized"] - 0.6) < 1e-12
+    assert avg["mesh_psnr"] == 27.0 and avg["mesh_iou"] == 0.9
     refs = [{"prompt": p, "scene": "gaussians", "floor_psnr": 10.0, "ceiling_psnr": 30.0} for p in "ab"]
     table = markdown_table({"records": records, "references": refs, "averages": [avg]})
-    assert "| b | sds | gaussians | 0 | 22.00 | 10.00 | 30.00 | 0.70 | 0.50 | 1.00 | - | 10 |" in table
+    assert "| b | sds | gaussians | 0 | 22.00 | 10.00 | 30.00 | 0.70 | 0.50 | 1.00 | - | 28.00 | - | 10 |" in table
     assert "| **average** | sds | gaussians | 2 runs | 21.00 |" in table

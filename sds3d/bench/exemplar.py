@@ -11,6 +11,7 @@ headlight, as the library images):
   ``janus_elevations``) against the true front and back;
 * ``chamfer``: of the exported mesh (``mesh.glb``/``mesh.obj``/``mesh.ply`` in the run folder)
   vs the true mesh, as a fraction of its bounding-box diagonal; null when no mesh was written;
+* ``mesh_psnr``, ``mesh_iou``: the export's mesh-vs-scene fidelity (``summary.json``);
 * ``seconds``: wall time of the run (training and export).
 
 References per object and scene: the *floor* is a blank render (the white background
@@ -36,9 +37,8 @@ import torch.nn.functional as F
 
 from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
-from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
+from sds3d.config import GuidanceName, RunConfig, SceneName, exemplar_recipe, resolve_device
 from sds3d.export import ExportConfig
-from sds3d.scenes.nerf import EXEMPLAR_NERF
 from sds3d.types import SDS3DError
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
@@ -54,7 +54,7 @@ class BenchConfig:
     """Guidance methods to compare."""
     scene: tuple[SceneName, ...] = ("gaussians",)
     """Scene types to compare."""
-    steps: int = 40
+    steps: int = 200
     """Training steps per run (and for the supervised ceiling). The default keeps the default
     run (7 built-in objects, one method, one scene, one seed) within 15 minutes on 2 CPU cores."""
     seeds: tuple[int, ...] = (0,)
@@ -69,16 +69,18 @@ class BenchConfig:
     """Held-out evaluation views (evenly spaced azimuths, front first)."""
     janus_elevations: tuple[float, ...] = (0.0, 15.0, 30.0)
     """Elevations of the back/front camera pairs of the Janus score."""
-    run: RunConfig = RunConfig(
-        prior="exemplar",
-        nerf=EXEMPLAR_NERF,
+    run: RunConfig = dataclasses.replace(
+        exemplar_recipe(),
         preview_every=0,
         checkpoint_every=0,
         turntable_frames=4,
         turntable_resolution=64,
-        export=ExportConfig(resolution=64, turntable=False, eval_views=0, splat_ply=False),
+        export=dataclasses.replace(
+            exemplar_recipe().export, resolution=64, turntable=False, eval_views=8, eval_resolution=64, splat_ply=False
+        ),
     )
-    """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...)."""
+    """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...);
+    defaults: ``sds3d.config.exemplar_recipe()`` with 64^3 meshes and 8 mesh-fidelity views."""
 
 
 def _run_config(cfg: BenchConfig, guidance: str, scene: str, seed: int) -> RunConfig:
@@ -165,13 +167,19 @@ def _mesh_chamfer(run_dir: Path, true_mesh: Any) -> float | None:
     return None
 
 
+def _mesh_fidelity(summary: dict[str, Any]) -> dict[str, float | None]:
+    """Mesh-vs-scene PSNR and mask IoU of the run's export (null when it was not measured)."""
+    fid = (summary.get("mesh") or {}).get("fidelity") or {}
+    return {"mesh_psnr": fid.get("psnr"), "mesh_iou": fid.get("mask_iou")}
+
+
 def _mean(values: list[Any]) -> float | None:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return sum(vals) / len(vals) if vals else None
 
 
 def _averages(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("psnr", "mask_iou", "chamfer", "janus", "normalized", "seconds")
+    keys = ("psnr", "mask_iou", "chamfer", "janus", "normalized", "mesh_psnr", "mesh_iou", "seconds")
     out = []
     for g, s in dict.fromkeys((r["guidance"], r["scene"]) for r in records):
         rows = [r for r in records if r["guidance"] == g and r["scene"] == s]
@@ -186,18 +194,19 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def markdown_table(result: dict[str, Any]) -> str:
     refs = {(r["prompt"], r["scene"]): r for r in result["references"]}
     lines = [
-        "| prompt | guidance | scene | seed | PSNR | floor | ceiling | normalized | mask IoU | Janus | Chamfer | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prompt | guidance | scene | seed | PSNR | floor | ceiling | normalized | mask IoU | Janus | Chamfer | mesh PSNR | mesh IoU | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["records"]:
         ref = refs[(r["prompt"], r["scene"])]
         cells = [r["prompt"], r["guidance"], r["scene"], r["seed"], _fmt(r["psnr"]), _fmt(ref["floor_psnr"]),
                  _fmt(ref["ceiling_psnr"]), _fmt(r["normalized"]), _fmt(r["mask_iou"]), _fmt(r["janus"]),
-                 _fmt(r["chamfer"], 4), _fmt(r["seconds"], 0)]  # fmt: skip
+                 _fmt(r["chamfer"], 4), _fmt(r["mesh_psnr"]), _fmt(r["mesh_iou"]), _fmt(r["seconds"], 0)]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for a in result["averages"]:
         cells = ["**average**", a["guidance"], a["scene"], f"{a['runs']} runs", _fmt(a["psnr"]), "", "",
-                 _fmt(a["normalized"]), _fmt(a["mask_iou"]), _fmt(a["janus"]), _fmt(a["chamfer"], 4), _fmt(a["seconds"], 0)]  # fmt: skip
+                 _fmt(a["normalized"]), _fmt(a["mask_iou"]), _fmt(a["janus"]), _fmt(a["chamfer"], 4),
+                 _fmt(a["mesh_psnr"]), _fmt(a["mesh_iou"]), _fmt(a["seconds"], 0)]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -247,6 +256,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     normalized = (scores["psnr"] - ref["floor_psnr"]) / span if span > 0 else None
                     record = {"prompt": p, "guidance": guidance, "scene": scene_name, "seed": seed, **scores,
                               "chamfer": _mesh_chamfer(result.run_dir, scorers[p].mesh), "normalized": normalized,
+                              **_mesh_fidelity(result.summary),
                               "seconds": result.seconds, "run_dir": str(result.run_dir)}  # fmt: skip
                     records.append(record)
                     print(f"[bench] {guidance} {scene_name} seed {seed} '{p}': PSNR {scores['psnr']:.2f} "
