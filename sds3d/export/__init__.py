@@ -144,8 +144,9 @@ def extract_mesh(
     mesh = marching_cubes(grid, threshold, origin, voxel)
     del grid
     mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.face_budget)
-    is_gaussians = hasattr(scene, "splats")
-    if cfg.vertex_colors == "renders" or (cfg.vertex_colors == "auto" and is_gaussians):
+    from sds3d.scenes.gaussians import GaussianScene
+
+    if cfg.vertex_colors == "renders" or (cfg.vertex_colors == "auto" and isinstance(scene, GaussianScene)):
         cams = sphere_cameras(cameras_cfg, cfg.bake_views, 512)
         verts, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
         colours = colours_from_renders(scene, mesh, verts, normals, cams, device)
