@@ -32,6 +32,7 @@ from sds3d.export.cleanup import clean_mesh
 from sds3d.export.marching import auto_threshold, density_grid, marching_cubes, scene_bounds
 from sds3d.export.texture import TextureSource, albedo_at, bake_texture, colours_from_renders, sphere_cameras
 from sds3d.export.writers import MeshFormat, write_mesh, write_splat_ply
+from sds3d.scenes.gaussians import GaussianScene
 from sds3d.types import Scene, SDS3DError
 
 
@@ -136,17 +137,16 @@ def extract_mesh(
     lo, hi = scene_bounds(scene)
     grid, origin, voxel = density_grid(scene, lo, hi, cfg.resolution, device)
     iou: float | None = None
+    is_gaussians = isinstance(scene, GaussianScene)
     if cfg.threshold is None:
-        opacity = "render" if hasattr(scene, "splats") else "grid"  # Gaussians: not a volume density
+        opacity = "render" if is_gaussians else "grid"  # Gaussians: not a volume density
         threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity)
     else:
         threshold = float(cfg.threshold)
     mesh = marching_cubes(grid, threshold, origin, voxel)
     del grid
     mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.face_budget)
-    from sds3d.scenes.gaussians import GaussianScene
-
-    if cfg.vertex_colors == "renders" or (cfg.vertex_colors == "auto" and isinstance(scene, GaussianScene)):
+    if cfg.vertex_colors == "renders" or (cfg.vertex_colors == "auto" and is_gaussians):
         cams = sphere_cameras(cameras_cfg, cfg.bake_views, 512)
         verts, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
         colours = colours_from_renders(scene, mesh, verts, normals, cams, device)

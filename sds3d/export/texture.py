@@ -39,6 +39,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras, orbit_cameras
+from sds3d.scenes.gaussians import GaussianScene
 from sds3d.types import Scene, SDS3DError
 
 TextureSource = Literal["auto", "renders", "albedo"]
@@ -220,7 +221,7 @@ def bake_texture(
     if size < 16:
         raise SDS3DError(f"--export.texture-size {size} is too small; use at least 16 (default 1024)")
     if source == "auto":
-        source = "renders" if hasattr(scene, "splats") else "albedo"
+        source = "renders" if isinstance(scene, GaussianScene) else "albedo"
     vmap, faces, uvs = uv_unwrap(mesh, size)
     verts = np.asarray(mesh.vertices)[vmap]
     vnormals = np.asarray(mesh.vertex_normals)[vmap]
