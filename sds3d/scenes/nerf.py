@@ -169,13 +169,16 @@ class RadianceField(nn.Module):
     def _blob(self, x: Tensor) -> Tensor:
         return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
 
+    def _sigma(self, x: Tensor, h: Tensor) -> Tensor:
+        return F.softplus(self.density_head(h)[:, 0] + self._blob(x))
+
     def density(self, x: Tensor) -> Tensor:
-        return F.softplus(self.density_head(self._encode(x))[:, 0] + self._blob(x))
+        return self._sigma(x, self._encode(x))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [N,3] -> sigma [N], albedo [N,3]."""
         h = self._encode(x)
-        return F.softplus(self.density_head(h)[:, 0] + self._blob(x)), torch.sigmoid(self.albedo_head(h))
+        return self._sigma(x, h), torch.sigmoid(self.albedo_head(h))
 
     def with_gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """sigma [N], albedo [N,3] and d sigma / d x [N,3] in closed form (forward mode).
