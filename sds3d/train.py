@@ -18,8 +18,8 @@ import math
 import random
 import re
 import signal
-import threading
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field

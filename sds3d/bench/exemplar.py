@@ -42,6 +42,7 @@ from sds3d.export import ExportConfig
 from sds3d.types import SDS3DError
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
+_RECIPE = exemplar_recipe()
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,13 @@ class BenchConfig:
     janus_elevations: tuple[float, ...] = (0.0, 15.0, 30.0)
     """Elevations of the back/front camera pairs of the Janus score."""
     run: RunConfig = dataclasses.replace(
-        exemplar_recipe(),
+        _RECIPE,
         preview_every=0,
         checkpoint_every=0,
         turntable_frames=4,
         turntable_resolution=64,
         export=dataclasses.replace(
-            exemplar_recipe().export, resolution=64, turntable=False, eval_views=8, eval_resolution=64, splat_ply=False
+            _RECIPE.export, resolution=64, turntable=False, eval_views=8, eval_resolution=64, splat_ply=False
         ),
     )
     """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...);
