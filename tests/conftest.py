@@ -7,6 +7,9 @@ model_index.json) with random weights and the SD-2.1-base scheduler (scaled-line
 the same code as a real run. Sizes: UNet block_out_channels (4, 8), latents 4x8x8, renders
 resized to 16x16, a 2-layer CLIP text encoder with hidden size 32.
 
+``EXEMPLAR_CLI_FAST`` holds the command-line options of a small, fast exemplar run on the CPU
+(32x32 renders, 256 Gaussians, tiny exports) for the end-to-end CLI tests.
+
 An autouse session fixture points the text-embedding disk cache (``SDS3D_EMBEDDING_CACHE``)
 at a temporary folder so tests never write into ``~/.cache``.
 """
@@ -22,6 +25,13 @@ import pytest
 import torch
 
 TINY_SEED = 0
+EXEMPLAR_CLI_FAST = [
+    "--prior", "exemplar", "--device", "cpu", "--resolution", "32", "--batch-size", "2",
+    "--gaussians.num-init", "256", "--gaussians.init-opacity", "0.5", "--turntable-frames", "4",
+    "--turntable-resolution", "32", "--preview-every", "0", "--export.resolution", "32",
+    "--export.turntable-frames", "4", "--export.turntable-resolution", "32",
+    "--export.eval-views", "2", "--export.eval-resolution", "32",
+]  # fmt: skip
 
 
 def _bytes_to_unicode() -> list[str]:

@@ -92,14 +92,11 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sds3d.batch as batch  # noqa: E402
+from conftest import EXEMPLAR_CLI_FAST  # noqa: E402
 from sds3d.cli import main  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
-FAST = ["--prior", "exemplar", "--device", "cpu", "--resolution", "32", "--batch-size", "2",
-        "--gaussians.num-init", "256", "--gaussians.init-opacity", "0.5", "--turntable-frames", "4",
-        "--turntable-resolution", "32", "--preview-every", "0", "--export.resolution", "32",
-        "--export.turntable-frames", "4", "--export.turntable-resolution", "32",
-        "--export.eval-views", "2", "--export.eval-resolution", "32", "--steps", "2"]
+FAST = [*EXEMPLAR_CLI_FAST, "--steps", "2"]
 MIXED = """# three objects, one of them unknown to the exemplar library
    a snowman   
 

@@ -17,15 +17,12 @@ import pytest
 import torch
 
 import sds3d.train as train
+from conftest import EXEMPLAR_CLI_FAST
 from sds3d.cli import main
 from sds3d.types import GuidanceOutput
 
 ROOT = Path(__file__).parents[1]
-FAST = ["--prior", "exemplar", "--device", "cpu", "--resolution", "32", "--batch-size", "2",
-        "--gaussians.num-init", "256", "--gaussians.init-opacity", "0.5", "--turntable-frames", "4",
-        "--turntable-resolution", "32", "--preview-every", "0", "--export.resolution", "32",
-        "--export.turntable-frames", "4", "--export.turntable-resolution", "32",
-        "--export.eval-views", "2", "--export.eval-resolution", "32", "--log-every", "1"]
+FAST = [*EXEMPLAR_CLI_FAST, "--log-every", "1"]
 
 
 def assert_same_tree(a, b, where="checkpoint"):
