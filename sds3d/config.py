@@ -216,6 +216,9 @@ def resolve_device(name: str) -> torch.device:
         raise SDS3DError(f"--device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SDS3DError(f"--device {name}: no CUDA GPU is visible; use --device cpu (exemplar prior) or run on a GPU machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise SDS3DError(f"--device {name}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}; pick one of those")
     return dev
 
 

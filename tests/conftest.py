@@ -154,3 +154,18 @@ def _embedding_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterato
         os.environ.pop("SDS3D_EMBEDDING_CACHE", None)
     else:
         os.environ["SDS3D_EMBEDDING_CACHE"] = old
+
+
+@pytest.fixture
+def exact_float32() -> Iterator[None]:
+    """Full-precision float32 matmuls/convolutions for the test (no TF32, which a CUDA run
+    enables process-wide at model load), restored afterwards."""
+    old = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[1], old[2]

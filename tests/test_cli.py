@@ -1,6 +1,7 @@
 """End-to-end CLI runs on the CPU with the tiny Stable Diffusion pipeline."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_missing_model_is_one_clear_line(tmp_path, capsys, monkeypatch):
 
 def test_help_documents_options():
     out = subprocess.run([sys.executable, "cli.py", "generate", "--help"], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[1], env={"COLUMNS": "200", "PATH": ""})
+                         cwd=Path(__file__).parents[1], env={"COLUMNS": "200", "PATH": "", "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     assert out.returncode == 0
     for flag in ("--scene", "--guidance", "--prior", "--steps", "--seed", "--output-dir", "--device", "--negative-prompt",
                  "--resolution", "--batch-size", "--sds.guidance-scale", "--resume", "--export.formats", "--perp-neg"):

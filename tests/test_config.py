@@ -2,8 +2,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
-from sds3d.config import DiffusersOptions, RunConfig, load_config, save_config
+from sds3d.config import DiffusersOptions, RunConfig, load_config, resolve_device, save_config
 from sds3d.types import SDS3DError
 
 
@@ -32,3 +33,12 @@ def test_multi_view_guidance_needs_groups_of_four():
     assert RunConfig(guidance="coupled").num_views == 4 and RunConfig().num_views == 1
     with pytest.raises(SDS3DError, match="multiple of 4"):
         RunConfig(guidance="mvsds", batch_size=6).validate()
+
+
+def test_a_cuda_index_past_the_visible_gpus_is_one_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(SDS3DError, match=r"--device cuda:7: this machine has 2 CUDA GPU\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:7")

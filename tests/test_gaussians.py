@@ -184,7 +184,7 @@ def test_config_errors() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat kernels)")
-def test_cuda_scene_matches_torch_backend() -> None:
+def test_cuda_scene_matches_torch_backend(exact_float32: None) -> None:
     torch.manual_seed(0)
     gpu = small().setup(torch.device("cuda"))
     cpu = GaussianScene(small(), CPU, {k: v.detach().cpu() for k, v in gpu.splats.items()})

@@ -347,7 +347,7 @@ def test_dilated_occupancy_follows_updates_and_loads() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's occupancy-grid sampling needs CUDA")
-def test_occgrid_path_matches_dense_path_on_cuda() -> None:
+def test_occgrid_path_matches_dense_path_on_cuda(exact_float32: None) -> None:
     scene = _scene(device="cuda", num_samples=256, occ_resolution=32, occ_alpha_threshold=0.0)
     assert scene.estimator is not None
     scene.set_training(False)

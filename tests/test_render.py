@@ -200,7 +200,7 @@ def test_speed_vs_naive() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat kernels)")
 @pytest.mark.parametrize("sh_degree", [None, 3])
-def test_cuda_parity_with_gsplat(sh_degree: int | None) -> None:
+def test_cuda_parity_with_gsplat(sh_degree: int | None, exact_float32: None) -> None:
     s = {k: v.cuda() for k, v in dense_scene(2000, seed=7, sh_degree=sh_degree).items()}
     viewmats, Ks = (v.cuda() for v in cams(3, 64, 48))
     bg = torch.rand(3, 3, device="cuda")

@@ -63,6 +63,19 @@ def test_speed_bench_tiny_cpu(tmp_path: Path) -> None:
     assert "| sds | gaussians | 16 |" in format_table(result)
 
 
+def test_a_failing_row_is_reported_and_the_other_rows_are_kept(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    cfg = SpeedConfig(
+        arch="tiny", device="cpu", guidance=("mvsds", "sds"), scene=("gaussians",), resolution=16, batch_size=1,
+        warmup=0, iters=1, json_out=out, gaussians=GaussiansConfig(num_init=64),
+    )
+    result = run_speed_bench(cfg)  # mvsds needs groups of 4 views: its row fails, SDS still runs
+    assert [r["guidance"] for r in result["rows"]] == ["sds"]
+    (skip,) = result["skipped"]
+    assert skip["guidance"] == "mvsds" and "SDS3DError" in skip["reason"] and "multiple of 4" in skip["reason"]
+    assert json.loads(out.read_text())["skipped"] == result["skipped"]
+
+
 def test_speed_config_rejects_bad_values() -> None:
     with pytest.raises(SDS3DError, match="multiple of 8"):
         SpeedConfig(resolution=30)

@@ -35,6 +35,7 @@ import resource
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sds3d.bench.archs import build_mvdream_prior, build_sd_prior
 from sds3d.cameras import CameraConfig, sample_cameras
+from sds3d.config import resolve_device
 from sds3d.prompts import PromptSet
 from sds3d.scenes.gaussians import GaussiansConfig
 from sds3d.scenes.nerf import NerfConfig
@@ -370,15 +372,7 @@ def bench_row(cfg: SpeedConfig, guidance_name: str, scene_name: str, priors: tup
 
 
 def resolve(cfg: SpeedConfig) -> tuple[torch.device, str, torch.dtype]:
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(cfg.device)
-        except RuntimeError:
-            raise SDS3DError(f"--device {cfg.device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SDS3DError(f"--device {cfg.device}: no CUDA GPU is visible; use --device cpu (with --arch tiny)")
+    device = resolve_device(cfg.device)
     arch = cfg.arch if cfg.arch != "auto" else ("sd21" if device.type == "cuda" else "tiny")
     if cfg.dtype == "auto":
         dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -403,6 +397,18 @@ def run_speed_bench(cfg: SpeedConfig) -> dict[str, Any]:
 
         enable_tf32()
     rate = matmul_tflops(device, dtype)
+    header: dict[str, Any] = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "arch": arch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "matmul_tflops": rate,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    print(format_table(header | {"rows": [], "skipped": []}), flush=True)
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="sds3d-bench-emb-") as emb_dir:
@@ -427,32 +433,26 @@ def run_speed_bench(cfg: SpeedConfig) -> dict[str, Any]:
                 res = cfg.resolution or default_resolution(arch, sc)
                 try:
                     rows.append(bench_row(cfg, g, sc, priors, res, device, rate))
-                except ModuleNotFoundError as e:
-                    if not (e.name or "").startswith("sds3d."):
-                        raise
-                    skipped.append({"guidance": g, "scene": sc, "reason": f"module {e.name} is not there yet"})
+                    print(format_table(header | {"rows": rows[-1:], "skipped": []}).splitlines()[-1], flush=True)
+                except Exception as e:  # noqa: BLE001 - one failing row must not lose the finished ones
+                    traceback.print_exc()
+                    skipped.append({"guidance": g, "scene": sc, "reason": f"{type(e).__name__}: {str(e)[:300]}"})
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    result = {
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "arch": arch,
-        "dtype": str(dtype).removeprefix("torch."),
-        "matmul_tflops": rate,
-        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "rows": rows,
-        "skipped": skipped,
-    }
+                write_json(cfg.json_out, header | {"rows": rows, "skipped": skipped})  # partial results survive a kill
+    result = header | {"rows": rows, "skipped": skipped}
+    result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(format_table(result))
-    if cfg.json_out is not None:
-        cfg.json_out.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(cfg.json_out, result)
     return result
+
+
+def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 COLUMNS = [
