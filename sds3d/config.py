@@ -41,12 +41,16 @@ class DiffusersOptions:
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     """Model precision: auto = fp16 on CUDA, fp32 on CPU."""
     channels_last: bool = False
-    """Channels-last memory format for the UNet and VAE (faster convolutions on recent GPUs)."""
+    """Channels-last memory format for the UNet and VAE (on an H100 with torch 2.11 it made
+    the SD-2.1 step slower, 113 -> 135 ms; see docs/benchmarks.md)."""
     compile_unet: bool = False
-    """torch.compile the UNet (slow first steps, faster after)."""
+    """torch.compile the UNet (about a minute of compiling in the first steps; on an H100 the
+    SD-2.1 UNet call went from 35.5 to 26.7 ms)."""
     tiny_vae: str | None = None
     """Hub id or folder of a TAESD-style AutoencoderTiny used instead of the VAE encoder
-    (e.g. madebyollin/taesd); decoding keeps the full VAE."""
+    (e.g. madebyollin/taesd); decoding keeps the full VAE. On an H100 an SDS step on Gaussians
+    at 512x512 went from 113 to 43-51 ms (the full encoder's forward and backward are most of
+    a step); whether its gradients give assets as good as the full VAE's is not measured."""
     cache_dir: Path | None = None
     """Hugging Face cache folder (default: HF_HOME / ~/.cache/huggingface)."""
 
