@@ -276,3 +276,23 @@ def test_export_scene_fidelity_and_files(tmp_path):
     assert summary["faces"] == result.num_faces and summary["threshold_rule"] == "auto"
     glb = trimesh.load(tmp_path / "mesh.glb", force="mesh")
     assert len(glb.visual.vertex_colors) == len(glb.vertices)
+
+
+def test_fidelity_renders_the_mesh_antialiased():
+    from sds3d.cameras import eval_cameras
+    from sds3d.export.fidelity import render_mesh_antialiased
+
+    sphere = trimesh.creation.icosphere(5, radius=0.5)
+    sphere.visual.vertex_colors = np.tile([255, 0, 0, 255], (len(sphere.vertices), 1)).astype(np.uint8)
+    cams = eval_cameras(CAMS, 2, 24, 24)
+    coverage = {s: render_mesh_antialiased(sphere, cams, s)[1] for s in (1, 4, 16)}
+    # one ray per pixel: a hard 0/1 mask; 4x4 rays: fractional alphas along the silhouette
+    assert set(coverage[1].unique().tolist()) <= {0.0, 1.0}
+    edge = (coverage[4] > 0) & (coverage[4] < 1)
+    assert int(edge.sum()) > 20
+    # and per pixel much closer to the (nearly exact) 16x16 coverage than the hard mask is
+    err = {s: float((coverage[s] - coverage[16]).abs().mean()) for s in (1, 4)}
+    assert err[4] < 0.3 * err[1]
+    rgb = render_mesh_antialiased(sphere, cams, 4)[0]
+    inside = coverage[4][..., 0] == 1
+    assert torch.allclose(rgb[inside], torch.tensor([1.0, 0.0, 0.0]), atol=1e-3)  # albedo, no shading

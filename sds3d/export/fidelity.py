@@ -2,7 +2,11 @@
 
 Mesh fidelity (for ``summary.json``): on the evaluation cameras, ray-cast the exported mesh
 with albedo shading (no lighting, so it is comparable to the scene's emitted colour) and
-render the scene, both over white, then
+render the scene, both over white. The mesh is ray-cast with ``SUPERSAMPLE`` x
+``SUPERSAMPLE`` rays per pixel and averaged (anti-aliased, as a 3D viewer shows it; one ray
+per pixel gives staircase edges that the scene's smooth renders do not have, which cost
+0.6-3.2 dB, on average 1.9 dB, on the exemplar benchmark's meshes without saying anything
+about the mesh). ``a_mesh`` below is that pixel coverage. Then
 
     PSNR = 10 log10(1 / MSE(mesh_rgb, scene_rgb))     (all pixels, all views, RGB in [0,1])
     IoU  = |{a_mesh > 0.5} & {a_scene > 0.5}| / |{a_mesh > 0.5} | {a_scene > 0.5}|
@@ -24,6 +28,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 from scipy.spatial import cKDTree
 from torch import Tensor
@@ -58,10 +63,23 @@ def render_scene(scene: Scene, cameras: Cameras, device: torch.device | str, bat
     return torch.cat(rgbs), torch.cat(alphas)
 
 
+SUPERSAMPLE = 4
+"""Rays per pixel along each image axis of the mesh renders in :func:`mesh_fidelity`."""
+
+
+def render_mesh_antialiased(mesh: trimesh.Trimesh, cameras: Cameras, supersample: int = SUPERSAMPLE) -> tuple[Tensor, Tensor]:
+    """Albedo ray casts at ``supersample`` times the size, box-filtered back: (rgb, alpha) on white."""
+    s = supersample
+    rgb, alpha = render_mesh_views(mesh, cameras.resized(cameras.width * s, cameras.height * s), shading="albedo")
+    if s > 1:
+        rgb, alpha = (F.avg_pool2d(x.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1) for x in (rgb, alpha))
+    return rgb, alpha
+
+
 def mesh_fidelity(mesh: trimesh.Trimesh, scene: Scene, cameras: Cameras, device: torch.device | str) -> dict[str, float]:
     """``{"psnr", "psnr_object" (dB), "mask_iou", "views", "resolution"}`` of mesh vs scene renders."""
     scene_rgb, scene_alpha = render_scene(scene, cameras, device)
-    mesh_rgb, mesh_alpha = render_mesh_views(mesh, cameras, shading="albedo")
+    mesh_rgb, mesh_alpha = render_mesh_antialiased(mesh, cameras)
     union = ((mesh_alpha > 0.5) | (scene_alpha > 0.5))[..., 0]
     return {
         "psnr": psnr(mesh_rgb, scene_rgb),
