@@ -187,6 +187,23 @@ def test_cleanup_removes_floater_and_fixes_winding():
     assert out.volume > 0  # outward again
 
 
+def test_cleanup_drops_parts_hidden_inside_another_and_keeps_visible_parts():
+    body = trimesh.creation.icosphere(4, radius=0.5)  # 5120 faces
+    inner = trimesh.creation.icosphere(3, radius=0.2)  # 1280 faces (25%), wholly inside the body
+    inner.apply_translation([0.1, 0.0, 0.0])
+    head = trimesh.creation.icosphere(3, radius=0.2)  # same size, outside: a visible part
+    head.apply_translation([0.0, 0.0, 0.8])
+    out = clean_mesh(trimesh.util.concatenate([body, inner, head]), min_component_fraction=0.02, face_budget=100_000)
+    parts = sorted(out.split(only_watertight=False), key=lambda m: -len(m.faces))
+    assert [len(m.faces) for m in parts] == [5120, 1280]
+    assert parts[1].bounds[0][2] > 0.55  # the head stayed, the hidden sphere went
+    # a part that pokes out of the body is visible: kept
+    poking = trimesh.creation.icosphere(3, radius=0.2)
+    poking.apply_translation([0.45, 0.0, 0.0])
+    out = clean_mesh(trimesh.util.concatenate([body, poking]), min_component_fraction=0.02, face_budget=100_000)
+    assert len(out.faces) == 5120 + 1280
+
+
 def test_decimation_respects_budget():
     mesh = trimesh.creation.icosphere(5, radius=0.5)  # 20480 faces
     out = decimate(mesh, 2000)

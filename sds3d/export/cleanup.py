@@ -5,6 +5,8 @@
 2. Drop small disconnected components: a component is kept when its face count is at least
    ``min_component_fraction`` times that of the largest component (floaters from stray
    density are tiny next to the object).
+   Also dropped: components wholly inside another, watertight one (every vertex inside it,
+   trimesh ``contains``): never visible, they only cost faces.
 3. Fix winding and normals so every face points out of its component (trimesh
    ``fix_normals``: consistent winding, then outward by the sign of the enclosed volume).
 4. Decimate to the face budget by quadric edge collapse (Garland & Heckbert, "Surface
@@ -30,6 +32,33 @@ def remove_small_components(mesh: trimesh.Trimesh, min_component_fraction: float
         return mesh
     out = mesh.copy()
     out.update_faces(keep)
+    out.remove_unreferenced_vertices()
+    return out
+
+
+def remove_enclosed_components(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Drop components that lie wholly inside another, watertight component (hidden from every view)."""
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    if labels.max() == 0:
+        return mesh
+    faces_of = [np.flatnonzero(labels == k) for k in range(labels.max() + 1)]
+    parts = [mesh.submesh([f], append=True) for f in faces_of]
+    order = sorted(range(len(parts)), key=lambda k: -len(faces_of[k]))
+    hidden: set[int] = set()
+    for i, outer in enumerate(order):
+        if outer in hidden or not parts[outer].is_watertight:
+            continue
+        lo, hi = parts[outer].bounds
+        for inner in order[i + 1 :]:
+            if inner in hidden:
+                continue
+            b = parts[inner].bounds
+            if (b[0] >= lo).all() and (b[1] <= hi).all() and parts[outer].contains(parts[inner].vertices).all():
+                hidden.add(inner)
+    if not hidden:
+        return mesh
+    out = mesh.copy()
+    out.update_faces(~np.isin(labels, sorted(hidden)))
     out.remove_unreferenced_vertices()
     return out
 
@@ -68,6 +97,7 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float, face_budget
     if len(out.faces) == 0:
         raise SDS3DError("the extracted mesh is empty after cleanup; lower --export.threshold or leave it automatic")
     out = remove_small_components(out, min_component_fraction)
+    out = remove_enclosed_components(out)
     out = decimate(out, face_budget)
     out.merge_vertices()
     out.update_faces(out.nondegenerate_faces())
