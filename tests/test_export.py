@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -87,7 +88,7 @@ def smooth_albedo(p):
     return (0.5 + 0.45 * torch.tanh(2.0 * p)).clamp(0, 1)
 
 
-FAST = dict(resolution=64, eval_views=4, eval_resolution=64, turntable=False, splat_ply=False)
+FAST = dict(resolution=64, eval_views=4, eval_resolution=64, turntable=False, splat_ply=False, vertex_colors="albedo")
 
 
 def render_surface_radius(profile, lo=0.0, hi=1.0) -> float:
@@ -282,7 +283,7 @@ def test_config_errors():
 def test_export_scene_fidelity_and_files(tmp_path):
     scene = AnalyticScene(sphere_density(), smooth_albedo, aabb=[[-0.6] * 3, [0.6] * 3])
     cfg = ExportConfig(formats=("glb", "obj", "ply"), resolution=64, eval_views=4, eval_resolution=64,
-                       turntable_frames=4, turntable_resolution=32)
+                       turntable_frames=4, turntable_resolution=32, render_resolution=64)
     result = export_scene(scene, tmp_path, cfg, CAMS, "cpu")
     names = sorted(p.name for p in result.paths)
     video = "turntable_mesh.mp4" if ffmpeg_available() else "turntable_mesh.gif"
@@ -313,3 +314,23 @@ def test_fidelity_renders_the_mesh_antialiased():
     rgb = render_mesh_antialiased(sphere, cams, 4)[0]
     inside = coverage[4][..., 0] == 1
     assert torch.allclose(rgb[inside], torch.tensor([1.0, 0.0, 0.0]), atol=1e-3)  # albedo, no shading
+
+
+def test_gaussian_threshold_follows_the_render_size():
+    # gsplat's screen-space filter (eps2d) widens small Gaussians more at low resolution, so a
+    # Gaussian scene looks fuller when rendered small: the silhouette rule then picks a lower level
+    from sds3d.scenes.gaussians import GaussiansConfig, GaussianScene
+
+    torch.manual_seed(0)
+    scene = GaussianScene(GaussiansConfig(num_init=400, init_radius=0.5, init_scale=0.02, init_opacity=0.6), torch.device("cpu"))
+    lo, hi = scene_bounds(scene)
+    grid, origin, voxel = density_grid(scene, lo, hi, 48, "cpu")
+    tau = {r: auto_threshold(scene, grid, origin, voxel, CAMS, "cpu", "render", r)[0] for r in (24, 128)}
+    assert tau[24] < 0.8 * tau[128]
+    # the threshold views and projected colours use --export.render-resolution, by default the
+    # size the fidelity is judged at (--export.eval-resolution)
+    base = ExportConfig(resolution=48, eval_views=0, turntable=False, splat_ply=False)
+    for cfg, r in ((dataclasses.replace(base, eval_resolution=24), 24), (dataclasses.replace(base, render_resolution=128), 128)):
+        assert extract_mesh(scene, cfg, CAMS, "cpu")[1] == pytest.approx(tau[r], rel=1e-6)
+    with pytest.raises(SDS3DError, match="render-resolution"):
+        ExportConfig(render_resolution=4)

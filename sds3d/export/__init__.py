@@ -6,9 +6,9 @@
 1. density on a grid over the scene bounds (:mod:`.marching`), iso-level by the silhouette
    rule unless ``--export.threshold`` is given, marching cubes;
 2. cleanup: duplicates, floaters, outward winding, decimation to the face budget (:mod:`.cleanup`);
-3. vertex colours ``scene.albedo(vertex)`` (for Gaussians the density-weighted colour) or
-   projected renders (``--export.vertex-colors renders``), and
-   with ``--export.texture`` an xatlas-unwrapped baked albedo texture (:mod:`.texture`);
+3. vertex colours: scene renders (at ``--export.eval-resolution``) projected onto the
+   vertices with visibility, or ``scene.albedo(vertex)`` (``--export.vertex-colors albedo``),
+   and with ``--export.texture`` an xatlas-unwrapped baked albedo texture (:mod:`.texture`);
 4. files (:mod:`.writers`): ``mesh.glb``/``mesh.obj``/``mesh.ply`` and, for Gaussian scenes,
    the standard 3DGS ``gaussians.ply``;
 5. ``turntable_mesh.mp4`` (CPU ray casting, :mod:`.turntable`) and the mesh fidelity (PSNR,
@@ -49,17 +49,23 @@ class ExportConfig:
     """Density iso-level. Default: automatic, the level whose silhouettes best match the
     scene's opacity (> 0.5) on 8 held-out views (max IoU; Gaussians: their renders; NeRF: the
     volume-rendered density grid); needs no tuning."""
+    render_resolution: int | None = None
+    """Width and height of the scene renders the mesh is matched to: the automatic threshold's
+    held-out views and the renders projected onto the vertices (default: --export.eval-resolution,
+    the size the fidelity is measured at). A Gaussian scene's opacity depends on the size it is
+    rendered at (gsplat's screen-space filter widens small Gaussians at low resolution), so no
+    one mesh matches it at every size; this picks the size it is matched (and judged) at."""
     face_budget: int = 100_000
     """Maximum faces after quadric decimation."""
     min_component_fraction: float = 0.02
     """Drop disconnected pieces with fewer faces than this fraction of the largest piece."""
-    vertex_colors: Literal["auto", "albedo", "renders"] = "auto"
-    """Vertex colours: albedo (scene.albedo at each vertex; for Gaussians the density-weighted
-    colour), renders (project --export.bake-views scene renders onto the vertices with
-    visibility, like the texture bake: closer to what the renders show), or auto (renders for
-    Gaussians, whose density-weighted colour averages in the faint Gaussians the renders hide:
-    +0.5 to 2.5 dB, on average +1.45 dB, mesh-vs-scene PSNR on the exemplar benchmark; albedo
-    for NeRF, whose albedo field is what it renders)."""
+    vertex_colors: Literal["renders", "albedo", "auto"] = "renders"
+    """Vertex colours: renders (project --export.bake-views scene renders at
+    --export.render-resolution onto the vertices, with visibility: what the renders show) or
+    albedo (scene.albedo at each vertex; for Gaussians the density-weighted colour, which
+    averages in the faint Gaussians the renders hide; for a NeRF the colour at the iso-surface,
+    behind the layer its renders integrate). auto: renders (the name older runs saved). On the
+    exemplar benchmark renders beat albedo by 0.5-2.5 dB for Gaussians and 0.6-2.6 dB for NeRF."""
     texture: bool = False
     """Unwrap UVs (xatlas) and bake an albedo texture instead of vertex colours."""
     texture_size: int = 1024
@@ -92,6 +98,8 @@ class ExportConfig:
             raise SDS3DError(f"--export.resolution {self.resolution} is too small; use at least 8 (default 256)")
         if self.threshold is not None and not self.threshold > 0:
             raise SDS3DError(f"--export.threshold {self.threshold} must be positive (or leave it automatic)")
+        if self.render_resolution is not None and self.render_resolution < 8:
+            raise SDS3DError(f"--export.render-resolution {self.render_resolution} is too small; use at least 8")
         if self.face_budget < 4:
             raise SDS3DError(f"--export.face-budget {self.face_budget} is too small; use at least 4")
         if not 0.0 <= self.min_component_fraction <= 1.0:
@@ -140,14 +148,15 @@ def extract_mesh(
     is_gaussians = isinstance(scene, GaussianScene)
     if cfg.threshold is None:
         opacity = "render" if is_gaussians else "grid"  # Gaussians: not a volume density
-        threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity)
+        res = cfg.render_resolution or cfg.eval_resolution
+        threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity, res)
     else:
         threshold = float(cfg.threshold)
     mesh = marching_cubes(grid, threshold, origin, voxel)
     del grid
     mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.face_budget)
-    if cfg.vertex_colors == "renders" or (cfg.vertex_colors == "auto" and is_gaussians):
-        cams = sphere_cameras(cameras_cfg, cfg.bake_views, 512)
+    if cfg.vertex_colors != "albedo":
+        cams = sphere_cameras(cameras_cfg, cfg.bake_views, cfg.render_resolution or cfg.eval_resolution)
         verts, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
         colours = colours_from_renders(scene, mesh, verts, normals, cams, device)
     else:

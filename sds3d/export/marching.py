@@ -9,7 +9,11 @@ surface construction algorithm", SIGGRAPH 1987; implementation: PyMCubes).
 Automatic threshold (``tau = None``), the *silhouette rule*: the exported mesh is opaque, so
 it should cover exactly the pixels where the scene's own renders are opaque. A pixel is
 covered by the level-``tau`` surface iff the maximum density along its ray exceeds ``tau``,
-so for a set of held-out views (two rings, away from the evaluation cameras) we compute
+so for a set of held-out views (two rings, away from the evaluation cameras; rendered at the
+size the mesh is judged at, ``--export.eval-resolution``, because a Gaussian scene's opacity
+depends on the size it is rendered at: gsplat's screen-space filter widens small Gaussians
+more at low resolution; on the exemplar benchmark, judged at 64x64, views at 96x96 had picked
+levels 1.4-1.8x too high for its Gaussian scenes, and meshes with holes) we compute
 ``m(pixel) = max_s density(o + s d)`` from the grid (trilinear) and the render opacity
 ``alpha(pixel)`` (Gaussians: from ``scene.render``; NeRF and other volume densities: by
 volume rendering the grid, ``1 - exp(-int sigma ds)``, which is what the NeRF renders), and
@@ -222,6 +226,7 @@ def auto_threshold(
     cameras_cfg: CameraConfig,
     device: torch.device | str,
     opacity: Literal["render", "grid"] = "render",
+    resolution: int = THRESHOLD_RESOLUTION,
 ) -> tuple[float, float]:
     """Threshold by the silhouette rule on :func:`threshold_cameras` views; returns (tau, IoU).
 
@@ -230,7 +235,7 @@ def auto_threshold(
     density grid itself, exactly what a NeRF renders (up to the grid's sampling) and far
     cheaper than NeRF renders on a CPU.
     """
-    cams = threshold_cameras(cameras_cfg)
+    cams = threshold_cameras(cameras_cfg, resolution=resolution)
     max_density, grid_opacity = ray_march_grid(grid, origin, voxel, cams, device)
     alpha = render_alpha(scene, cams, device) if opacity == "render" else grid_opacity
     return silhouette_threshold(max_density, alpha)
