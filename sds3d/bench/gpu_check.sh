@@ -59,11 +59,12 @@ stage cuda-tests 150 $PY -m pytest -q -p no:cacheprovider -rs -k cuda tests/test
 
 # 3. the speed benchmark: every method x scene at the default recipes, then the speed options
 stage bench-all 220 $PY -m sds3d.bench.speed --arch sd21 --json-out "$OUT/speed.json" "${FALLBACK[@]}"
-V="$OUT/speed-options.jsonl"
-variant() {  # one SDS row with extra options, appended to $V as one JSON line
+# tagged_json FILE TAG: the JSON object in FILE with "tag": TAG added, on one line
+tagged_json() { $PY -c "import json, sys; r = json.load(open(sys.argv[1])); r['tag'] = sys.argv[2]; print(json.dumps(r))" "$1" "$2"; }
+variant() {  # one SDS row with extra options, appended to speed-options.jsonl
   local tag=$1; shift
   stage "bench-$tag" 90 $PY -m sds3d.bench.speed --arch sd21 --guidance sds --json-out "/tmp/speed-$tag.json" "${FALLBACK[@]}" "$@" \
-    && $PY -c "import json, sys; r = json.load(open(sys.argv[1])); r['tag'] = sys.argv[2]; print(json.dumps(r))" "/tmp/speed-$tag.json" "$tag" >> "$V"
+    && tagged_json "/tmp/speed-$tag.json" "$tag" >> "$OUT/speed-options.jsonl"
 }
 variant channels-last --scene gaussians --channels-last
 variant tiny-vae --scene gaussians --tiny-vae
@@ -80,7 +81,7 @@ e2e() {
   [ -n "$run" ] || return 1
   log "summary of generate-$tag:"; cat "$run/summary.json"; echo
   tail -n 2 "$run/metrics.jsonl"
-  $PY -c "import json, sys; r = json.load(open(sys.argv[1])); r['tag'] = sys.argv[2]; print(json.dumps(r))" "$run/summary.json" "$tag" >> "$OUT/generate.jsonl"
+  tagged_json "$run/summary.json" "$tag" >> "$OUT/generate.jsonl"
 }
 e2e gaussians
 e2e nerf --scene nerf

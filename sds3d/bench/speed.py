@@ -433,7 +433,7 @@ def run_speed_bench(cfg: SpeedConfig) -> dict[str, Any]:
                 res = cfg.resolution or default_resolution(arch, sc)
                 try:
                     rows.append(bench_row(cfg, g, sc, priors, res, device, rate))
-                    print(format_table(header | {"rows": rows[-1:], "skipped": []}).splitlines()[-1], flush=True)
+                    print(format_row(rows[-1]), flush=True)
                 except Exception as e:  # noqa: BLE001 - one failing row must not lose the finished ones
                     traceback.print_exc()
                     skipped.append({"guidance": g, "scene": sc, "reason": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -464,6 +464,11 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+def format_row(row: dict[str, Any]) -> str:
+    """One benchmark row as a Markdown table line (``COLUMNS``)."""
+    return "| " + " | ".join("n/a" if row[key] is None else fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The rows as a Markdown table, with a header line naming device, arch and dtype."""
     head = (
@@ -471,9 +476,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['dtype']}, matmul {result['matmul_tflops']:.2f} TFLOP/s, {result['date']}"
     )
     lines = [head, "", "| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in result["rows"]:
-        cells = ["n/a" if row[key] is None else fmt.format(row[key]) for _, key, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += [format_row(row) for row in result["rows"]]
     for s in result["skipped"]:
         lines.append(f"skipped {s['guidance']} x {s['scene']}: {s['reason']}")
     return "\n".join(lines)

@@ -88,6 +88,11 @@ class ExportConfig:
     eval_resolution: int = 128
     """Width and height of the fidelity renders."""
 
+    @property
+    def matched_resolution(self) -> int:
+        """--export.render-resolution, else --export.eval-resolution."""
+        return self.render_resolution or self.eval_resolution
+
     def __post_init__(self) -> None:
         if not self.formats and not self.splat_ply:
             raise SDS3DError("--export.formats is empty; pass at least one of glb obj ply")
@@ -148,15 +153,14 @@ def extract_mesh(
     is_gaussians = isinstance(scene, GaussianScene)
     if cfg.threshold is None:
         opacity = "render" if is_gaussians else "grid"  # Gaussians: not a volume density
-        res = cfg.render_resolution or cfg.eval_resolution
-        threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity, res)
+        threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity, cfg.matched_resolution)
     else:
         threshold = float(cfg.threshold)
     mesh = marching_cubes(grid, threshold, origin, voxel)
     del grid
     mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.face_budget)
     if cfg.vertex_colors != "albedo":
-        cams = sphere_cameras(cameras_cfg, cfg.bake_views, cfg.render_resolution or cfg.eval_resolution)
+        cams = sphere_cameras(cameras_cfg, cfg.bake_views, cfg.matched_resolution)
         verts, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
         colours = colours_from_renders(scene, mesh, verts, normals, cams, device)
     else:
