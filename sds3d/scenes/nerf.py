@@ -3,7 +3,8 @@
 Field (Instant-NGP encoding + small MLP heads, scene bounded by the sphere |x| < radius):
 
     h = HashGrid((x / radius + 1) / 2)
-    sigma(x)  = softplus(MLP_sigma(h) + a (1 - |x| / r))     density blob (Magic3D): a ball at start
+    sigma(x)  = act(MLP_sigma(h) + a (1 - |x| / r))          density blob (Magic3D): a ball at start
+    act       = softplus, or exp (Instant-NGP; its backward clamps the exponent at 15)
     albedo(x) = sigmoid(MLP_albedo(h))
     n(x)      = -grad sigma / |grad sigma|                   analytic or central differences
 
@@ -66,7 +67,13 @@ class NerfConfig:
     hidden_layers: int = 1
     """Hidden layers of each MLP head."""
     blob_density: float = 10.0
-    """Density bias a at the centre: sigma = softplus(raw + a (1 - |x|/r))."""
+    """Density bias a at the centre: sigma = act(raw + a (1 - |x|/r))."""
+    density_activation: Literal["softplus", "exp"] = "softplus"
+    """act: softplus (grows linearly, so an opaque surface needs a large raw value) or exp
+    (Instant-NGP's truncated exp). Measured with the exemplar preset's old learning rates, 200
+    steps: exp halved the semi-transparent pixels of a supervised chair (19% -> 11%) and raised
+    SDS mesh fidelity by 1.0-1.3 dB on the chair and snowman, but lowered their held-out PSNR by
+    0.2-0.5 dB; so softplus stays the default."""
     blob_radius: float = 0.5
     """Radius r where the density bias reaches zero."""
     normals: Literal["analytic", "finite_difference"] = "analytic"
@@ -136,12 +143,43 @@ class NerfConfig:
 EXEMPLAR_NERF = NerfConfig(
     grid=HashGridConfig(n_levels=8, log2_hashmap_size=16, per_level_scale=2 ** (4 / 7)),
     num_samples=32,
+    lr_grid=3e-2,
+    lr_mlp=3e-3,
+    sparsity="entropy",
+    sparsity_weight=(0.0, 1000.0),
 )
-"""CPU preset for 64x64 renders (exemplar runs): 8 levels of 16 to 256 cells per axis in
-tables of 2^16 entries (a 256-cell level still resolves a quarter pixel at 64x64), and 32
-samples per ray (a bin of 1/16 of the radius, about 1.7 pixels at the default cameras). On
-the CLI: --nerf.grid.n-levels 8 --nerf.grid.log2-hashmap-size 16
---nerf.grid.per-level-scale 1.486 --nerf.num-samples 32."""
+"""CPU preset for short runs at 64x64 (exemplar runs): 8 levels of 16 to 256 cells per axis in
+tables of 2^16 entries (a 256-cell level still resolves a quarter pixel at 64x64), 32 samples
+per ray (a bin of 1/16 of the radius, about 1.7 pixels at the default cameras), 3x the default
+learning rates (a 200-300 step run; the defaults are for thousands of steps), and the opacity
+entropy growing from 0 to 1000 over the run, so the field ends solid instead of as the soft
+fog that averages over what the prior leaves uncertain (a white snowman over a white
+background), which no exported mesh can look like. SDS, 200 steps, on the chair / snowman /
+house: held-out PSNR 14.24 / 18.66 / 15.01 dB and mesh fidelity 20.84 / 22.94 / 21.64 dB with
+the default learning rates and no entropy; 17.53 / 21.23 / 15.35 and 21.98 / 21.88 / 22.64 with
+3x rates alone; 16.16 / 19.45 / 15.04 and 29.66 / 26.70 / 29.61 with both. On the CLI:
+--nerf.grid.n-levels 8 --nerf.grid.log2-hashmap-size 16 --nerf.grid.per-level-scale 1.486
+--nerf.num-samples 32 --nerf.lr-grid 0.03 --nerf.lr-mlp 0.003 --nerf.sparsity entropy
+--nerf.sparsity-weight 0 1000."""
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose backward uses exp(min(x, 15)) (Instant-NGP): no overflowing gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    """exp with a clamped backward (see :class:`_TruncExp`)."""
+    return _TruncExp.apply(x)
 
 
 def _mlp(n_in: int, width: int, layers: int, n_out: int) -> nn.Sequential:
@@ -170,7 +208,14 @@ class RadianceField(nn.Module):
         return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
 
     def _sigma(self, x: Tensor, h: Tensor) -> Tensor:
-        return F.softplus(self.density_head(h)[:, 0] + self._blob(x))
+        return self._activate(self.density_head(h)[:, 0] + self._blob(x))
+
+    def _activate(self, raw: Tensor) -> Tensor:
+        return trunc_exp(raw) if self.cfg.density_activation == "exp" else F.softplus(raw)
+
+    def _activate_grad(self, raw: Tensor) -> Tensor:
+        """d act / d raw."""
+        return torch.exp(raw.clamp(max=15.0)) if self.cfg.density_activation == "exp" else torch.sigmoid(raw)
 
     def density(self, x: Tensor) -> Tensor:
         return self._sigma(x, self._encode(x))
@@ -184,7 +229,7 @@ class RadianceField(nn.Module):
         """sigma [N], albedo [N,3] and d sigma / d x [N,3] in closed form (forward mode).
 
         The encoding's Jacobian is pushed through the density head (Linear: W J; ReLU: J
-        masked where the unit is off) and the softplus; first-order differentiable w.r.t.
+        masked where the unit is off) and the activation; first-order differentiable w.r.t.
         the parameters, so analytic normals cost no double backward.
         """
         h, jac = self.grid.encode((x / self.cfg.radius + 1.0) * 0.5, jacobian=True)
@@ -199,8 +244,8 @@ class RadianceField(nn.Module):
                 z = m(z)
         raw = z[:, 0] + self._blob(x)
         d_blob = (-self.cfg.blob_density / self.cfg.blob_radius) * F.normalize(x, dim=-1, eps=1e-12)
-        grad = torch.sigmoid(raw)[:, None] * (jac[:, :, 0] + d_blob)  # softplus' = sigmoid
-        return F.softplus(raw), torch.sigmoid(self.albedo_head(h)), grad
+        grad = self._activate_grad(raw)[:, None] * (jac[:, :, 0] + d_blob)
+        return self._activate(raw), torch.sigmoid(self.albedo_head(h)), grad
 
 
 class NerfScene:
