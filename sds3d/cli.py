@@ -50,7 +50,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class Export:
-    """Re-export the mesh of a finished or interrupted run from its checkpoint."""
+    """Re-export the mesh of a finished or interrupted run from its checkpoint (summary.json's
+    mesh entry is replaced)."""
 
     run_dir: tyro.conf.Positional[Path]
     """A run folder written by sds3d generate."""
@@ -95,13 +96,36 @@ def run_export(cmd: Export) -> int:
     if cmd.texture is not None:
         export_cfg = dataclasses.replace(export_cfg, texture=cmd.texture)
     device = cfg.resolve_device()
+    if not (cmd.run_dir / "checkpoint.pt").exists():
+        raise SDS3DError(f"no checkpoint in {cmd.run_dir}: the run stopped before its first checkpoint, so there is no scene to export")
     ckpt = load_checkpoint(cmd.run_dir / "checkpoint.pt", device)
     scene = build_scene(cfg, device)
     scene.load_state_dict(ckpt["scene"])
     result = export_scene(scene, cmd.run_dir, export_cfg, cfg.cameras, device)
+    update_summary(cmd.run_dir, prompt, result)
     for p in result.paths:
         print(p)
+    fid = result.fidelity
+    where = f", mesh vs scene: PSNR {fid['psnr']:.2f} dB, mask IoU {fid['mask_iou']:.3f}" if fid else ""
+    print(f"mesh: {result.num_vertices} vertices, {result.num_faces} faces{where} (summary.json updated)")
     return 0
+
+
+def update_summary(run_dir: Path, prompt: str, result: Any) -> None:
+    """Replace summary.json's mesh entry with a re-export's and add its files; the run's status,
+    timings and error stay as they were (a missing or unreadable summary starts a new one)."""
+    import json
+
+    from sds3d.checkpoint import write_json_atomic
+
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        summary = {"prompt": prompt}
+    files = set(summary.get("files", [])) | {str(p.relative_to(run_dir)) for p in result.paths}
+    summary.update(files=sorted(files), mesh=result.summary())
+    write_json_atomic(path, summary)
 
 
 def default_run(argv: list[str]) -> RunConfig:

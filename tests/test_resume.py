@@ -249,3 +249,38 @@ def test_full_disk_at_a_checkpoint_fails_clearly_and_keeps_the_previous_one(tmp_
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp file left
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
     assert not (run / "mesh.glb").exists()
+
+
+def test_export_command_re_exports_an_interrupted_run(tmp_path, monkeypatch, capsys):
+    """`sds3d export RUN_DIR` writes the asked formats from the checkpoint of a run stopped mid-way,
+    records the new mesh in summary.json and keeps the run's status; no checkpoint is one clear line."""
+    import shutil
+
+    import trimesh
+
+    with monkeypatch.context() as m:
+        sigterm_at_step(m, 2)
+        assert main(["generate", "a snowman", *FAST, "--steps", "6", "--output-dir", str(tmp_path)]) == 130
+    run = only_run(tmp_path)
+    assert not (run / "mesh.glb").exists()
+    capsys.readouterr()
+
+    assert main(["export", str(run), "--format", "obj", "ply", "--resolution", "24"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"  # training did stop early; the export does not hide it
+    mesh = summary["mesh"]
+    assert {"mesh.obj", "mesh.ply"} <= set(summary["files"]) and not (run / "mesh.glb").exists()
+    assert f"{mesh['faces']} faces" in out and f"PSNR {mesh['fidelity']['psnr']:.2f} dB" in out
+    assert 0.0 < mesh["fidelity"]["mask_iou"] <= 1.0
+    ply = trimesh.load(run / "mesh.ply", process=False)
+    assert len(ply.faces) == mesh["faces"] and ply.visual.vertex_colors.shape == (len(ply.vertices), 4)
+    assert ply.visual.vertex_colors[:, :3].astype(float).std(axis=0).max() > 1.0  # projected colours, not one flat default
+    assert len(trimesh.load(run / "mesh.obj", force="mesh", process=False).faces) == mesh["faces"]
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run / "config.json", bare / "config.json")
+    assert main(["export", str(bare)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint" in err[0] and "no scene to export" in err[0]
