@@ -99,6 +99,18 @@ def test_bake_from_renders_gives_expected_texels():
     assert (image[..., 1] > 128).mean() < 0.02  # hardly any texel fell back to the (green) albedo field
 
 
+def test_texture_defaults_to_renders_for_every_scene():
+    from sds3d.export import ExportConfig
+
+    assert ExportConfig().texture_source == "renders"
+    mesh = trimesh.creation.icosphere(2, radius=0.5)
+    scene = RedBlueSphere(albedo_fn=lambda p: GREEN.expand(len(p), 3))  # a field scene: renders red/blue, albedo green
+    image = {src: np.asarray(bake_texture(mesh, scene, CameraConfig(), size=64, views=8, source=src, device="cpu")
+                             .visual.material.baseColorTexture) for src in ("renders", "auto", "albedo")}  # fmt: skip
+    np.testing.assert_array_equal(image["auto"], image["renders"])  # older runs' name for renders
+    assert (image["renders"][..., 1] > 128).mean() < 0.05 and (image["albedo"][..., 1] > 200).all()
+
+
 def test_bake_from_albedo_field_and_textured_files(tmp_path):
     mesh = trimesh.creation.icosphere(3, radius=0.5)
     baked = bake_texture(mesh, RedBlueSphere(), CameraConfig(), size=64, views=1, source="albedo", device="cpu")

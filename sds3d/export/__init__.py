@@ -70,9 +70,11 @@ class ExportConfig:
     """Unwrap UVs (xatlas) and bake an albedo texture instead of vertex colours."""
     texture_size: int = 1024
     """Texture width and height in pixels."""
-    texture_source: TextureSource = "auto"
-    """Texel colours: renders (project scene renders with visibility), albedo (query the colour
-    field at the surface), auto (renders for Gaussians, albedo for NeRF)."""
+    texture_source: TextureSource = "renders"
+    """Texel colours: renders (project --export.bake-views scene renders, at the texture size up
+    to 512 px, with visibility: what the renders show) or albedo (query the colour field at the
+    surface). auto: renders (the name older runs saved). Mesh-vs-scene PSNR of NeRF meshes on the
+    exemplar benchmark: renders 29.6 / 28.3 dB, albedo 25.6 / 22.3 dB (house / penguin)."""
     bake_views: int = 24
     """Cameras (evenly over the sphere) whose renders are projected onto the texture (or vertices)."""
     splat_ply: bool = True

@@ -5,7 +5,7 @@
 2. Rasterize the atlas: every texel centre inside a UV triangle gets that face and its
    barycentric coordinates, hence a surface point p and an interpolated normal n.
 3. Colour per texel, by ``source``:
-   - ``"renders"`` (default for Gaussians): render the scene over black from ``views``
+   - ``"renders"`` (the default; ``"auto"``, the name older runs saved, means the same): render the scene over black from ``views``
      cameras spread evenly over the sphere (Fibonacci lattice) and project them onto the
      mesh. A view contributes to a texel when the texel faces it (cos > 0.1), projects
      inside the image, and is visible: a ray from ``p + eps n`` towards the camera hits no
@@ -13,8 +13,10 @@
      ``rgb / alpha`` (bilinear), weighted by ``w = alpha cos^2(theta)`` (theta between n and
      the direction to the camera), so frontal views dominate and silhouettes matter less:
      ``c = sum_v w_v c_v / sum_v w_v``. Texels seen by no view take ``scene.albedo(p)``.
-   - ``"albedo"`` (default for NeRF and other fields): ``c = scene.albedo(p)``, the colour
-     field queried at the texel's surface point (exact, needs no visibility).
+   - ``"albedo"``: ``c = scene.albedo(p)``, the colour field queried at the texel's surface
+     point (needs no visibility, but it is not what the renders show: for Gaussians the
+     density-weighted colour, for a NeRF the colour at the iso-surface, behind the layer its
+     renders integrate).
    The same projection colours mesh vertices with ``--export.vertex-colors renders``.
 4. Fill the texels outside every chart with the colour of the nearest covered texel
    (a Euclidean-distance-transform dilation), so bilinear filtering and mipmaps do not
@@ -39,10 +41,9 @@ from scipy import ndimage
 from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras, orbit_cameras
-from sds3d.scenes.gaussians import GaussianScene
 from sds3d.types import Scene, SDS3DError
 
-TextureSource = Literal["auto", "renders", "albedo"]
+TextureSource = Literal["renders", "albedo", "auto"]
 
 
 def _parametrize(verts: np.ndarray, faces: np.ndarray, size: int, max_chart_area: float) -> tuple[np.ndarray, ...]:
@@ -220,8 +221,6 @@ def bake_texture(
     """A copy of ``mesh`` with xatlas UVs and a baked ``size``^2 albedo texture (module docstring)."""
     if size < 16:
         raise SDS3DError(f"--export.texture-size {size} is too small; use at least 16 (default 1024)")
-    if source == "auto":
-        source = "renders" if isinstance(scene, GaussianScene) else "albedo"
     vmap, faces, uvs = uv_unwrap(mesh, size)
     verts = np.asarray(mesh.vertices)[vmap]
     vnormals = np.asarray(mesh.vertex_normals)[vmap]
@@ -231,7 +230,7 @@ def bake_texture(
     points = np.einsum("nk,nkd->nd", b, verts[faces[fids]])
     normals = np.einsum("nk,nkd->nd", b, vnormals[faces[fids]])
     normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
-    if source == "renders":
+    if source != "albedo":  # renders (or auto, its old name)
         colours = colours_from_renders(scene, mesh, points, normals, sphere_cameras(cameras_cfg, views, min(size, 512)), device)
     else:
         colours = albedo_at(scene, points, device)
