@@ -49,9 +49,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", if_missing: str = "start it again without --resume") -> dict[str, Any]:
+    """The checkpoint at ``path``; a missing one is an error that ends with ``if_missing`` (what to do)."""
     if not Path(path).exists():
-        raise SDS3DError(f"no checkpoint at {path}: the run never reached its first checkpoint; start it again without --resume")
+        raise SDS3DError(f"no checkpoint at {path}: the run never reached its first checkpoint; {if_missing}")
     try:
         return torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file

@@ -96,9 +96,7 @@ def run_export(cmd: Export) -> int:
     if cmd.texture is not None:
         export_cfg = dataclasses.replace(export_cfg, texture=cmd.texture)
     device = cfg.resolve_device()
-    if not (cmd.run_dir / "checkpoint.pt").exists():
-        raise SDS3DError(f"no checkpoint in {cmd.run_dir}: the run stopped before its first checkpoint, so there is no scene to export")
-    ckpt = load_checkpoint(cmd.run_dir / "checkpoint.pt", device)
+    ckpt = load_checkpoint(cmd.run_dir / "checkpoint.pt", device, if_missing="there is no scene to export")
     scene = build_scene(cfg, device)
     scene.load_state_dict(ckpt["scene"])
     result = export_scene(scene, cmd.run_dir, export_cfg, cfg.cameras, device)

@@ -283,4 +283,4 @@ def test_export_command_re_exports_an_interrupted_run(tmp_path, monkeypatch, cap
     shutil.copy(run / "config.json", bare / "config.json")
     assert main(["export", str(bare)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no checkpoint" in err[0] and "no scene to export" in err[0]
+    assert len(err) == 1 and "no checkpoint" in err[0] and "there is no scene to export" in err[0]

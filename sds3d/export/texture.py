@@ -5,11 +5,11 @@
 2. Rasterize the atlas: every texel centre inside a UV triangle gets that face and its
    barycentric coordinates, hence a surface point p and an interpolated normal n.
 3. Colour per texel, by ``source``:
-   - ``"renders"`` (the default; ``"auto"``, the name older runs saved, means the same): render the scene over black from ``views``
-     cameras spread evenly over the sphere (Fibonacci lattice) and project them onto the
-     mesh. A view contributes to a texel when the texel faces it (cos > 0.1), projects
-     inside the image, and is visible: a ray from ``p + eps n`` towards the camera hits no
-     part of the mesh (trimesh/embree). Its colour is the un-premultiplied render
+   - ``"renders"`` (the default; ``"auto"``, the name older runs saved, means the same):
+     render the scene over black from ``views`` cameras spread evenly over the sphere
+     (Fibonacci lattice) and project them onto the mesh. A view contributes to a texel when
+     the texel faces it (cos > 0.1), projects inside the image, and is visible: a ray from
+     ``p + eps n`` towards the camera hits no part of the mesh (trimesh/embree). Its colour is the un-premultiplied render
      ``rgb / alpha`` (bilinear), weighted by ``w = alpha cos^2(theta)`` (theta between n and
      the direction to the camera), so frontal views dominate and silhouettes matter less:
      ``c = sum_v w_v c_v / sum_v w_v``. Texels seen by no view take ``scene.albedo(p)``.
