@@ -13,12 +13,15 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import tyro
 
 from sds3d.config import RunConfig, exemplar_recipe, is_exemplar_prior, load_config
 from sds3d.types import SDS3DError
+
+if TYPE_CHECKING:
+    from sds3d.export import ExportResult
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def run_export(cmd: Export) -> int:
     return 0
 
 
-def update_summary(run_dir: Path, prompt: str, result: Any) -> None:
+def update_summary(run_dir: Path, prompt: str, result: ExportResult) -> None:
     """Replace summary.json's mesh entry with a re-export's and add its files; the run's status,
     timings and error stay as they were (a missing or unreadable summary starts a new one)."""
     import json
