@@ -24,6 +24,7 @@ from sds3d.guidance.sds import SDSConfig
 from sds3d.guidance.vsd import VSDConfig
 from sds3d.priors.exemplar import ExemplarConfig
 from sds3d.priors.mvdream import MVDreamConfig
+from sds3d.render import resolve_backend
 from sds3d.scenes.gaussians import EXEMPLAR_GAUSSIANS, GaussiansConfig
 from sds3d.scenes.nerf import EXEMPLAR_NERF, NerfConfig
 from sds3d.types import SDS3DError
@@ -174,9 +175,11 @@ class RunConfig:
                 raise SDS3DError(f"--{name.replace('_', '-')} must be >= 0")
         if self.turntable_frames <= 0 or self.turntable_resolution <= 0 or self.turntable_resolution % 8:
             raise SDS3DError("--turntable-frames must be > 0 and --turntable-resolution a positive multiple of 8")
-        resolve_device(self.device)
+        device = resolve_device(self.device)
         if self.mv_device is not None:
             resolve_device(self.mv_device)
+        if self.scene == "gaussians" and self.gaussians.backend == "gsplat":  # fail before the priors load
+            resolve_backend("gsplat", device.type == "cuda")
 
 
 def is_exemplar_prior(prior: str) -> bool:

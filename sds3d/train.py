@@ -229,6 +229,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
     seed_everything(cfg.seed)
     guidance = build_guidance(cfg, prompts, prior_2d, prior_mv)
     scene = build_scene(cfg, device)
+    summary["backend"] = getattr(scene, "backend", None)  # gsplat / nerfacc kernels, or torch (also the CUDA fallback)
     cam_gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
     ckpt_path = run_dir / CHECKPOINT

@@ -10,7 +10,7 @@ import torch
 
 from sds3d.bench.rasterizer import RasterizerBenchConfig, naive_rasterize, random_scene, run_rasterizer_bench
 from sds3d.cameras import orbit_cameras
-from sds3d.render import rasterize_gaussians, resolve_backend
+from sds3d.render import kernels, rasterize_gaussians, resolve_backend
 from sds3d.render.torch_rasterizer import rasterization
 from sds3d.types import SDS3DError
 
@@ -164,8 +164,11 @@ def test_expected_depth_and_meta_for_strategy() -> None:
     assert all(params[k].grad is not None and params[k].grad.abs().sum() > 0 for k in params)
 
 
-def test_backend_switch() -> None:
+def test_backend_switch(monkeypatch) -> None:
+    monkeypatch.setattr(kernels, "load_backend", lambda lib: object())  # kernels load (see test_kernels.py)
+    kernels.reset()
     assert resolve_backend("auto", False) == "torch" and resolve_backend("auto", True) == "gsplat"
+    kernels.reset()
     with pytest.raises(SDS3DError, match="CUDA"):
         resolve_backend("gsplat", False)
     s = dense_scene(100, seed=6)

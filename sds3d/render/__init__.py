@@ -6,7 +6,10 @@
 ``backend="auto"`` runs gsplat's CUDA kernels when the tensors are on a GPU and the pure-torch
 tile rasterizer (:mod:`sds3d.render.torch_rasterizer`) otherwise; both take the same
 post-activation inputs and return the same colors, alphas and meta keys, so gsplat's
-densification strategies work with either.
+densification strategies work with either. When the kernels cannot be built or loaded on a
+GPU (no CUDA toolkit, a failed build: :mod:`sds3d.render.kernels`), ``auto`` prints one
+warning line and runs the torch rasterizer on CUDA; an explicit ``gsplat`` is an error.
+The NeRF sampler follows the same rule (:func:`resolve_nerf_sampler`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from sds3d.render import torch_rasterizer
+from sds3d.render.kernels import kernels_or_fallback, require_kernels
 from sds3d.types import SDS3DError
 
 Backend = Literal["auto", "gsplat", "torch"]
@@ -25,14 +29,24 @@ not depend on it (every pixel a Gaussian reaches above 1/255 lies inside its bin
 
 
 def resolve_backend(backend: Backend, device_is_cuda: bool) -> Literal["gsplat", "torch"]:
-    """``auto`` -> gsplat on CUDA tensors, torch elsewhere; gsplat on CPU is an error."""
-    if backend == "auto":
-        return "gsplat" if device_is_cuda else "torch"
-    if backend == "gsplat" and not device_is_cuda:
-        raise SDS3DError("the gsplat backend needs CUDA tensors: use backend 'torch' (or 'auto') on a CPU, or --device cuda")
-    if backend not in ("gsplat", "torch"):
+    """``auto`` -> gsplat on CUDA tensors when its kernels load (else one warning line and
+    torch), torch elsewhere; ``gsplat`` on CPU or without loadable kernels is an error."""
+    if backend not in ("auto", "gsplat", "torch"):
         raise SDS3DError(f"unknown rasterizer backend {backend!r}: use 'auto', 'gsplat' or 'torch'")
+    if backend == "auto":
+        return "gsplat" if device_is_cuda and kernels_or_fallback("gsplat") else "torch"
+    if backend == "gsplat":
+        if not device_is_cuda:
+            raise SDS3DError("the gsplat backend needs CUDA tensors: use backend 'torch' (or 'auto') on a CPU, or --device cuda")
+        require_kernels("gsplat", "--gaussians.backend gsplat")
     return backend
+
+
+def resolve_nerf_sampler(occupancy: bool, device_is_cuda: bool) -> Literal["nerfacc", "torch"]:
+    """nerfacc's occupancy-grid marching (CUDA kernels) with an occupancy grid on CUDA when the
+    kernels load; otherwise (one warning line on CUDA) the dense torch sampler of
+    :func:`sds3d.render.nerf_render.render_rays_dense`, which skips the same grid's empty cells."""
+    return "nerfacc" if occupancy and device_is_cuda and kernels_or_fallback("nerfacc") else "torch"
 
 
 def rasterize_gaussians(
@@ -81,4 +95,4 @@ def rasterize_gaussians(
     )
 
 
-__all__ = ["Backend", "TORCH_TILE_SIZE", "rasterize_gaussians", "resolve_backend"]
+__all__ = ["Backend", "TORCH_TILE_SIZE", "rasterize_gaussians", "resolve_backend", "resolve_nerf_sampler"]

@@ -23,8 +23,9 @@ penalizes visible normals facing away from the camera; opacity sparsity is the m
 or the mean binary entropy of the opacity.
 
 Sampling: nerfacc's occupancy-grid marching on CUDA, its dense ``[rays, samples]`` path
-elsewhere, skipping samples in empty cells of the same occupancy grid (see
-:mod:`sds3d.render.nerf_render`). Rays are rendered in chunks; with gradients and more than
+elsewhere (and on CUDA when nerfacc's kernels cannot be built: one warning line, see
+:func:`sds3d.render.resolve_nerf_sampler`), skipping samples in empty cells of the same
+occupancy grid (see :mod:`sds3d.render.nerf_render`); ``NerfScene.backend`` says which. Rays are rendered in chunks; with gradients and more than
 one chunk, each chunk is activation-checkpointed so memory stays that of one chunk (512x512
 renders fit); a render that fits one chunk is not recomputed. ``EXEMPLAR_NERF`` is the
 CPU preset for 64x64 renders.
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sds3d.cameras import Cameras
+from sds3d.render import resolve_nerf_sampler
 from sds3d.render.nerf_render import (
     RayBundleOutput,
     dilated_occupancy,
@@ -271,6 +273,7 @@ class NerfScene:
         self.step = 0
         self.estimator: nerfacc.OccGridEstimator | None = None
         self._occ_cache: tuple[Tensor, int, Tensor] | None = None
+        self.backend = resolve_nerf_sampler(cfg.occupancy, device.type == "cuda")
         if cfg.occupancy:
             r = cfg.radius
             self.estimator = nerfacc.OccGridEstimator([-r, -r, -r, r, r, r], cfg.occ_resolution).to(device)
@@ -351,7 +354,7 @@ class NerfScene:
 
     def _render_chunk(self, origins: Tensor, dirs: Tensor, lights: Tensor | None, shading: Shading) -> tuple[Tensor, ...]:
         field_fn = self._field_fn(shading, lights, self._needs_normals(shading))
-        if self.estimator is not None and origins.is_cuda:
+        if self.estimator is not None and self.backend == "nerfacc" and origins.is_cuda:
             out = render_rays_occgrid(
                 self.estimator, field_fn, self.field.density, origins, dirs, self.cfg.radius,
                 self.step_size, self.cfg.occ_alpha_threshold, self.training,
