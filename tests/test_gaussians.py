@@ -192,3 +192,27 @@ def test_cuda_scene_matches_torch_backend(exact_float32: None) -> None:
     b = cpu.render(CAMS, WHITE)
     assert (a.rgb.cpu() - b.rgb).abs().max() < 1e-4 and (a.alpha.cpu() - b.alpha).abs().max() < 1e-4
     assert (a.info["radii"].cpu() - b.info["radii"]).abs().max() <= 1
+
+
+def test_alpha_entropy_is_scheduled_and_makes_renders_solid() -> None:
+    """The opacity entropy grows linearly over the run and pushes half-transparent pixels to 0 or 1."""
+    torch.manual_seed(0)
+    scene = small(alpha_entropy=(0.0, 10.0), lr_opacities=0.1).setup(CPU)
+    out = scene.render(CAMS, WHITE)
+    a = out.alpha.detach().clamp(1e-5, 1 - 1e-5)
+    entropy = float((-(a * a.log() + (1 - a) * (1 - a).log())).mean())
+    assert float(scene.regularization(out, 0, 11)) == 0.0
+    assert float(scene.regularization(out, 5, 11)) == pytest.approx(5.0 * entropy, rel=1e-5)
+    assert float(scene.regularization(out, 10, 11)) == pytest.approx(10.0 * entropy, rel=1e-5)
+
+    def mid_fraction(s: GaussianScene) -> float:
+        alpha = s.render(CAMS, WHITE).alpha
+        return float(((alpha > 0.1) & (alpha < 0.9)).float().mean())
+
+    before = mid_fraction(scene)
+    for step in range(40):
+        out = scene.render(CAMS, WHITE)
+        scene.pre_backward(step, out)
+        scene.regularization(out, 40, 41).backward()
+        scene.optimizer_step(step, out)
+    assert mid_fraction(scene) < 0.5 * before
