@@ -16,6 +16,7 @@ import torch
 
 from sds3d.cameras import CameraConfig, ViewConfig
 from sds3d.export import ExportConfig
+from sds3d.guidance.common import TimestepConfig
 from sds3d.guidance.coupled import CoupledConfig
 from sds3d.guidance.csd import CSDConfig
 from sds3d.guidance.mvsds import MVSDSConfig
@@ -198,17 +199,26 @@ def exemplar_recipe(prior: str = "exemplar") -> RunConfig:
     scale 100 -> 15.2 dB, 7.5 -> 17.8 dB, 1 -> 20.7 dB).
     Scenes use the CPU presets ``EXEMPLAR_GAUSSIANS`` / ``EXEMPLAR_NERF``; 300 steps; meshes and
     turntables at 128.
+
+    The real-prior recipes of docs/recipes.md (SDS t annealing and clipping, MVDream's x0 loss
+    with CFG rescale and linear t schedule, CSD's batch normalization and t annealing) are not
+    applied here: the guidance keeps the settings the exemplar benchmark was measured with
+    (fixed t range and no clipping for SDS/CSD, per-sample CSD normalization, plain multi-view
+    SDS with t_max 0.98 -> 0.5 at half the run), pinned explicitly below.
     """
     if not is_exemplar_prior(prior):
         raise SDS3DError(f"exemplar_recipe needs an exemplar prior ('exemplar' or 'exemplar:DIR'), got {prior!r}")
     base = RunConfig()
+    fixed_t = TimestepConfig()
+    half_anneal = TimestepConfig(anneal="step", t_max_end=0.5, anneal_at=0.5)
     return dataclasses.replace(
         base, prior=prior, steps=300, turntable_resolution=128,
         gaussians=EXEMPLAR_GAUSSIANS, nerf=EXEMPLAR_NERF,
-        sds=dataclasses.replace(base.sds, guidance_scale=1.0),
+        sds=dataclasses.replace(base.sds, guidance_scale=1.0, timesteps=fixed_t, grad_clip=None, grad_clip_end=None),
         vsd=dataclasses.replace(base.vsd, guidance_scale=1.0),
         nfsd=dataclasses.replace(base.nfsd, guidance_scale=1.0),
-        mvsds=dataclasses.replace(base.mvsds, guidance_scale=1.0),
+        csd=dataclasses.replace(base.csd, timesteps=fixed_t, normalization="sample"),
+        mvsds=dataclasses.replace(base.mvsds, guidance_scale=1.0, timesteps=half_anneal, x0_loss=False, cfg_rescale=0.0),
         coupled=dataclasses.replace(base.coupled, scale_2d=1.0, mv_scale=1.0),
         export=dataclasses.replace(base.export, resolution=128, turntable_resolution=128),
     )  # fmt: skip

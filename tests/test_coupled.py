@@ -70,7 +70,8 @@ def test_mvsds_gradient_matches_formula() -> None:
     torch.manual_seed(0)
     prior = StubPrior(num_views=4)
     ps = PromptSet("a corgi", negative="blurry")
-    guidance = MVSDSConfig(guidance_scale=7.5, timesteps=TimestepConfig(t_min=0.1, t_max=0.9)).setup(prior, ps)
+    cfg = MVSDSConfig(guidance_scale=7.5, x0_loss=False, timesteps=TimestepConfig(t_min=0.1, t_max=0.9))
+    guidance = cfg.setup(prior, ps)
     rgb, cams = _batch(groups=3)
     out = guidance(rgb, cams, step=0, max_steps=10)
     out.loss.backward()
@@ -84,12 +85,75 @@ def test_mvsds_gradient_matches_formula() -> None:
     torch.testing.assert_close(out.t, t)
 
 
+def mvdream_x0_grad(x: Tensor, x_t: Tensor, t: Tensor, e_text: Tensor, e_uncond: Tensor, ab_all: Tensor, s: float, r: float) -> Tensor:
+    """Direct transcription of MVDream-threestudio's recon_loss branch
+    (threestudio/models/guidance/multiview_diffusion_guidance.py at efcd6c3): d loss / d latents."""
+    latents = x.clone().requires_grad_(True)
+    n_view = 4
+    sqrt_recip = (1.0 / ab_all[t]).sqrt().view(-1, 1, 1, 1)
+    sqrt_recipm1 = (1.0 / ab_all[t] - 1).sqrt().view(-1, 1, 1, 1)
+    noise_pred = e_uncond + s * (e_text - e_uncond)
+    latents_recon = sqrt_recip * x_t - sqrt_recipm1 * noise_pred
+    if r > 0:
+        latents_recon_nocfg = sqrt_recip * x_t - sqrt_recipm1 * e_text
+        nocfg_reshape = latents_recon_nocfg.view(-1, n_view, *latents_recon_nocfg.shape[1:])
+        recon_reshape = latents_recon.view(-1, n_view, *latents_recon.shape[1:])
+        factor = (nocfg_reshape.std([1, 2, 3, 4], keepdim=True) + 1e-8) / (recon_reshape.std([1, 2, 3, 4], keepdim=True) + 1e-8)
+        latents_recon_adjust = latents_recon.clone() * factor.squeeze(1).repeat_interleave(n_view, dim=0)
+        latents_recon = r * latents_recon_adjust + (1 - r) * latents_recon
+    loss = 0.5 * torch.nn.functional.mse_loss(latents, latents_recon.detach(), reduction="sum") / latents.shape[0]
+    return torch.autograd.grad(loss, latents)[0]
+
+
+@pytest.mark.parametrize("rescale", [0.0, 0.5, 1.0])
+def test_mvsds_x0_loss_matches_mvdream(rescale: float) -> None:
+    torch.manual_seed(3)
+    prior = StubPrior(num_views=4)
+    ps = PromptSet("a corgi", negative="blurry")
+    cfg = MVSDSConfig(guidance_scale=50.0, cfg_rescale=rescale, timesteps=TimestepConfig(t_min=0.3, t_max=0.9))
+    assert cfg.x0_loss  # the default
+    rgb, cams = _batch(groups=2, seed=4)
+    out = cfg.setup(prior, ps)(rgb, cams, step=0, max_steps=10)
+    out.loss.backward()
+    call = prior.calls[-1]
+    x_t, t = call["x_t"], call["t"]
+    x = rgb.detach().permute(0, 3, 1, 2) * 2 - 1
+    e_text = 0.1 * x_t + 0.01 * _codes(["a corgi"] * 8).view(-1, 1, 1, 1)
+    e_uncond = 0.1 * x_t + 0.01 * _codes(["blurry"] * 8).view(-1, 1, 1, 1)
+    ref = mvdream_x0_grad(x, x_t, t, e_text, e_uncond, prior.alphas_cumprod, 50.0, rescale)
+    torch.testing.assert_close(rgb.grad, 2.0 * ref.permute(0, 2, 3, 1), atol=1e-6, rtol=1e-5)
+    if rescale == 0.0:  # = SDS with weight sqrt((1 - ab) / ab)
+        ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+        eps = (x_t - ab.sqrt() * x) / (1 - ab).sqrt()
+        sds = ((1 - ab) / ab).sqrt() * (e_uncond + 50.0 * (e_text - e_uncond) - eps)
+        torch.testing.assert_close(ref * 8, sds, atol=1e-5, rtol=1e-5)
+
+
+def test_mvsds_cfg_rescale_differs_per_group() -> None:
+    """The rescale factor is per group of 4 views: two groups of different content get different factors."""
+    from sds3d.guidance.mvsds import x0_target
+
+    ab = torch.linspace(0.999, 0.01, 1000)
+    x_t = torch.cat([torch.randn(4, 3, 4, 4), 5 * torch.randn(4, 3, 4, 4)])
+    t = torch.full((8,), 500)
+    e_y, e_cfg = 0.1 * x_t, 0.1 * x_t + torch.randn_like(x_t)
+    full = x0_target(x_t, t, e_cfg, e_y, ab, 1.0, 4)
+    plain = x0_target(x_t, t, e_cfg, e_y, ab, 0.0, 4)
+    factors = (full / plain).flatten(1)
+    assert torch.allclose(factors[:4], factors[0, 0].expand(4, 48)) and torch.allclose(factors[4:], factors[4, 0].expand(4, 48))
+    assert not torch.isclose(factors[0, 0], factors[4, 0])
+    for k in (0, 4):  # rescaled x0 has the std of x0 from e(y) in its group
+        x0_y = (x_t[k : k + 4] - (1 - ab[500]).sqrt() * e_y[k : k + 4]) / ab[500].sqrt()
+        torch.testing.assert_close(full[k : k + 4].std(), x0_y.std(), rtol=1e-4, atol=1e-6)
+
+
 def test_mvsds_t_anneals_and_rejects_bad_batches() -> None:
     prior = StubPrior(num_views=4)
     guidance = MVSDSConfig().setup(prior, PromptSet("a corgi"))
     rgb, cams = _batch(groups=8)
-    late = [guidance(rgb, cams, step=60, max_steps=100).t.max().item() for _ in range(5)]
-    assert max(late) <= 500  # t_max 0.98 -> 0.5 after half the steps
+    assert guidance(rgb, cams, step=0, max_steps=100).t.tolist() == [980] * 32  # MVDream: [0.98, 0.98] at first
+    late = [guidance(rgb, cams, step=80, max_steps=100).t for _ in range(5)]
+    assert max(t.max().item() for t in late) <= 500 and min(t.min().item() for t in late) >= 20  # [0.02, 0.5] from 80%
     with pytest.raises(SDS3DError, match="groups of 4"):
         guidance(rgb[:6], cams[list(range(6))], 0, 10)
     with pytest.raises(SDS3DError, match="multi-view prior"):
@@ -102,7 +166,7 @@ def test_coupled_gradient_matches_formula(lam: float) -> None:
     p2d, pmv = StubPrior(num_views=1), StubPrior(num_views=4)
     ps = PromptSet("a corgi")
     ts = TimestepConfig(t_min=0.1, t_max=0.9)
-    cfg = CoupledConfig(lam=lam, mv_scale=7.5, timesteps=ts, sds=SDSConfig(guidance_scale=50.0))
+    cfg = CoupledConfig(lam=lam, mv_scale=7.5, timesteps=ts, sds=SDSConfig(guidance_scale=50.0, grad_clip=None))
     guidance = cfg.setup(p2d, pmv, ps)
     rgb, cams = _batch(groups=2)
     out = guidance(rgb, cams, step=0, max_steps=10)
@@ -129,6 +193,8 @@ def test_coupled_options() -> None:
     two_d = cfg.two_d_config()
     assert two_d.guidance_scale == 20.0 and two_d.timesteps == cfg.timesteps
     assert cfg.mv_config().guidance_scale == 7.5 and cfg.timesteps.anneal == "step" and cfg.timesteps.t_max_end == 0.5
+    assert not cfg.mv_config().x0_loss and cfg.mv_config().cfg_rescale == 0.0  # the coupled authors' plain SDS
+    assert cfg.sds.grad_clip is None  # no clipping in the coupled authors' 2D term
     assert CoupledConfig().two_d_config().guidance_scale == SDSConfig().guidance_scale
     guidance = CoupledConfig().setup(StubPrior(1), StubPrior(4), PromptSet("a corgi"))
     assert guidance.state_dict() == {}

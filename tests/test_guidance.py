@@ -14,6 +14,7 @@ from torch import Tensor
 from sds3d.cameras import Cameras, orbit_cameras
 from sds3d.guidance.common import (
     TimestepConfig,
+    clip_at,
     clip_gradient,
     distillation_loss,
     noisy,
@@ -21,7 +22,7 @@ from sds3d.guidance.common import (
     timestep_range,
     weight,
 )
-from sds3d.guidance.csd import CSDConfig
+from sds3d.guidance.csd import CSDConfig, normalize_gradient
 from sds3d.guidance.nfsd import NFSDConfig
 from sds3d.guidance.perp_neg import perp_neg_weights, perpendicular_component
 from sds3d.guidance.sds import SDSConfig
@@ -137,6 +138,49 @@ def test_timestep_sampling_range_and_schedules() -> None:
         TimestepConfig(t_min=0.5, t_max=0.2)
 
 
+def threestudio_C(value: list[float], step: int) -> float:
+    """threestudio.utils.misc.C for [start_step, start_value, end_value, end_step] (linear)."""
+    start_step, start_value, end_value, end_step = value
+    f = max(min(1.0, (step - start_step) / (end_step - start_step)), 0.0)
+    return start_value + (end_value - start_value) * f
+
+
+@pytest.mark.parametrize("step", [0, 1, 1000, 3999, 4000, 7999, 8000, 9999])
+def test_linear_schedule_matches_mvdream(step: int) -> None:
+    """MVDream-threestudio: min_step_percent [0, 0.98, 0.02, 8000], max [0, 0.98, 0.5, 8000] of 10,000."""
+    lo = int(1000 * threestudio_C([0, 0.98, 0.02, 8000], step))
+    hi = int(1000 * threestudio_C([0, 0.98, 0.50, 8000], step))
+    cfg = TimestepConfig(t_min=0.02, t_max=0.98, anneal="linear", t_max_end=0.5, anneal_at=0.8)
+    got = timestep_range(cfg, step, 10000, 1000)
+    assert abs(got[0] - lo) <= 1 and abs(got[1] - hi) <= 1  # int() of the same float, up to rounding
+
+
+@pytest.mark.parametrize("step", [0, 100, 500, 999, 1000, 1199])
+def test_clip_ramp_matches_gaussiandreamer(step: int) -> None:
+    """GaussianDreamer: grad_clip [0, 1.5, 2.0, 1000] over 1,200 steps = our defaults."""
+    cfg = SDSConfig()
+    got = clip_at(cfg.grad_clip, cfg.grad_clip_end, cfg.grad_clip_ramp, step, 1200)
+    assert got == pytest.approx(threestudio_C([0, 1.5, 2.0, 1000], step), abs=1e-9)
+    assert clip_at(None, 2.0, 0.5, step, 1200) is None and clip_at(1.0, None, 0.5, step, 1200) == 1.0
+
+
+def test_sds_defaults_follow_gaussiandreamer() -> None:
+    """t_max 0.98 -> 0.55 from step 500 of 1,200 (GaussianDreamer: ``true_global_step > 500``,
+    one step later), clamp 1.5 -> 2.0."""
+    cfg = SDSConfig()
+    assert timestep_range(cfg.timesteps, 499, 1200, 1000) == (20, 980)
+    assert timestep_range(cfg.timesteps, 500, 1200, 1000) == (20, 550)
+    prior = StubPrior()
+    prompts = PromptSet(PROMPT, view_dependent=False)
+    guidance = SDSConfig(timesteps=fixed_t(0.5)).setup(prior, prompts)
+    x, g, eps, t = run(guidance, prior, cams([0.0, 30.0]), step=600, max_steps=1200)
+    e_y, e_u = stack([PROMPT] * 2), stack([""] * 2)
+    c = 1.5 + 0.5 * 600 / 1000
+    raw = (1 - prior.alphas_cumprod[500]) * (e_u + 100.0 * (e_y - e_u) - eps)
+    assert (raw.abs() > c).any()  # the clamp is active in this check
+    torch.testing.assert_close(g, raw.clamp(-c, c), rtol=1e-4, atol=1e-4)
+
+
 def test_rng_state_reproduces_timesteps() -> None:
     torch.manual_seed(3)
     state = torch.get_rng_state()
@@ -173,7 +217,7 @@ def test_loss_gradient_weight_noisy_and_clipping() -> None:
 def test_sds_gradient_matches_formula(negative: str) -> None:
     prior = StubPrior()
     prompts = PromptSet(PROMPT, negative=negative)
-    guidance = SDSConfig(guidance_scale=100.0, timesteps=fixed_t(0.5)).setup(prior, prompts)
+    guidance = SDSConfig(guidance_scale=100.0, timesteps=fixed_t(0.5), grad_clip=None).setup(prior, prompts)
     cameras = cams([0.0, 90.0, 180.0])
     x, g, eps, t = run(guidance, prior, cameras)
     assert len(prior.calls) == 1 and prior.calls[0]["k"] == 2 and prior.calls[0]["b"] == 3
@@ -189,7 +233,7 @@ def test_sds_gradient_matches_formula(negative: str) -> None:
 def test_sds_uniform_weighting_and_clip() -> None:
     prior = StubPrior()
     prompts = PromptSet(PROMPT, view_dependent=False)
-    guidance = SDSConfig(guidance_scale=7.5, timesteps=fixed_t(0.3), weighting="uniform", grad_clip=0.5).setup(prior, prompts)
+    guidance = SDSConfig(guidance_scale=7.5, timesteps=fixed_t(0.3), weighting="uniform", grad_clip=0.5, grad_clip_end=None).setup(prior, prompts)
     x, g, eps, t = run(guidance, prior, cams([0.0, 30.0]))
     e_y, e_u = stack([PROMPT] * 2), stack([""] * 2)
     expected = (e_u + 7.5 * (e_y - e_u) - eps).clamp(-0.5, 0.5)
@@ -248,7 +292,8 @@ def test_csd_schedule(step: int, a_neg: float, a_0: float) -> None:
 def test_csd_normalization_unit_rms_same_direction() -> None:
     prior = StubPrior()
     prompts = PromptSet(PROMPT, negative="ugly")
-    guidance = CSDConfig(normalize=True, guidance_scale=2.0, timesteps=fixed_t(0.5)).setup(prior, prompts)
+    cfg = CSDConfig(normalize=True, normalization="sample", guidance_scale=2.0, timesteps=fixed_t(0.5))
+    guidance = cfg.setup(prior, prompts)
     cameras = cams([0.0, 60.0, 170.0])
     x, g, eps, t = run(guidance, prior, cameras, step=10, max_steps=100)
     rms = g.pow(2).mean(dim=(1, 2, 3)).sqrt()
@@ -259,6 +304,33 @@ def test_csd_normalization_unit_rms_same_direction() -> None:
 
 
 # ----------------------------------------------------------------------------- Perp-Neg
+
+
+def test_csd_batch_normalization_matches_the_authors() -> None:
+    """CVMI-Lab/Classifier-Score-Distillation deep_floyd_simple_guidance.py:
+    grad = grad / (grad.norm(2) + 1e-8) over the whole batch ('batch_l2'); 'batch' is that
+    times sqrt(numel) (unit RMS), keeping the samples' relative sizes, unlike 'sample'."""
+    prior = StubPrior()
+    prompts = PromptSet(PROMPT, negative="ugly")
+    cameras = cams([0.0, 60.0, 170.0])
+    raw = stack(prompts.for_cameras(cameras)) - 0.2 * stack(["ugly"] * 3) - 0.8 * stack([""] * 3)
+    raw = raw * torch.tensor([1.0, 3.0, 0.5]).view(3, 1, 1, 1)  # samples of different sizes
+    authors = raw / (raw.norm(2) + 1e-8)
+    torch.testing.assert_close(normalize_gradient(raw, "batch_l2"), authors)
+    torch.testing.assert_close(normalize_gradient(raw, "batch"), authors * math.sqrt(raw.numel()), rtol=1e-5, atol=1e-6)
+    per_sample = normalize_gradient(raw, "sample").pow(2).mean(dim=(1, 2, 3)).sqrt()
+    torch.testing.assert_close(per_sample, torch.ones(3))
+    batch = normalize_gradient(raw, "batch")
+    torch.testing.assert_close(batch.pow(2).mean().sqrt(), torch.tensor(1.0))
+    ratio = batch.flatten(1).norm(dim=1) / raw.flatten(1).norm(dim=1)
+    torch.testing.assert_close(ratio, ratio[0].expand(3))  # one factor for the whole batch
+    # end to end with the default config (normalization 'batch'), at step 10 of 100
+    guidance = CSDConfig(timesteps=fixed_t(0.5)).setup(prior, prompts)
+    x, g, eps, t = run(guidance, prior, cameras, step=10, max_steps=100)
+    e = stack(prompts.for_cameras(cameras)) - 0.2 * stack(["ugly"] * 3) - 0.8 * stack([""] * 3)
+    torch.testing.assert_close(g, e / e.pow(2).mean().sqrt(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(SDS3DError, match="normalization"):
+        normalize_gradient(raw, "layer")
 
 
 def expected_pn_weights(az: float, el: float) -> tuple[float, float]:
@@ -291,7 +363,7 @@ def test_perp_neg_sds_gradient() -> None:
     prompts = PromptSet(PROMPT, perp_neg=True)
     azs, els = [0.0, 60.0, 180.0, 100.0], [15.0, 15.0, 15.0, 70.0]
     cameras = cams(azs, els)
-    guidance = SDSConfig(guidance_scale=10.0, timesteps=fixed_t(0.5)).setup(prior, prompts)
+    guidance = SDSConfig(guidance_scale=10.0, timesteps=fixed_t(0.5), grad_clip=None).setup(prior, prompts)
     x, g, eps, t = run(guidance, prior, cameras)
     assert len(prior.calls) == 1 and prior.calls[0]["k"] == 4 and prior.calls[0]["b"] == 4
     front, side = view_prompt(PROMPT, "front"), view_prompt(PROMPT, "side")

@@ -200,11 +200,27 @@ def test_vsd_gradient_formula_and_unet_calls() -> None:
     assert t.tolist() == [400] * 3
     cond = prior.condition(prompts.for_cameras(cameras))
     e = prior.predict_noise(x_t, t, [cond, prior.condition(["ugly"] * 3)])
-    e_phi = guidance.phi.predict(x_t, t, cond, cameras.c2w().reshape(3, 16))
+    # e_phi gets the view-independent prompt (threestudio's VSD); e(y) the view-dependent one
+    e_phi = guidance.phi.predict(x_t, t, prior.condition([PROMPT] * 3), cameras.c2w().reshape(3, 16))
+    e_phi_vd = guidance.phi.predict(x_t, t, cond, cameras.c2w().reshape(3, 16))
+    assert (e_phi - e_phi_vd).abs().max() > 1e-3  # the two prompts give different e_phi here
     expected = (1 - prior.alphas_cumprod[400]) * (e[1] + 7.5 * (e[0] - e[1]) - e_phi)
     assert prior.last_x is not None and prior.last_x.grad is not None
     torch.testing.assert_close(prior.last_x.grad * 3, expected, rtol=1e-4, atol=1e-5)
     assert "phi_loss" in out.logs and not out.logs["phi_loss"].requires_grad
+
+
+def test_lora_trains_on_the_view_independent_prompt() -> None:
+    prior = TinyUnetPrior()
+    prompts = PromptSet(PROMPT)
+    guidance = VSDConfig(phi_updates=1).setup(prior, prompts)
+    seen: list[Tensor] = []
+    train_step = guidance.phi.train_step
+    guidance.phi.train_step = lambda x0, cond, camera: seen.append(cond) or train_step(x0, cond, camera)  # type: ignore[method-assign]
+    cameras = cams([0.0, 120.0, 180.0])
+    assert len(set(prompts.for_cameras(cameras))) == 3  # front, side, back
+    guidance(torch.rand(3, 8, 8, 3, requires_grad=True), cameras, 0, 10)
+    assert len(seen) == 1 and torch.equal(seen[0], prior.condition([PROMPT] * 3))
 
 
 def run_steps(guidance: Guidance, rgb: Tensor, cameras: Cameras, steps: range, seed: int) -> list[float]:

@@ -12,6 +12,11 @@ with ``shared=True``). The ``t_max`` schedules:
 * ``"step"``: ``t_max`` drops to ``t_max_end`` once ``step >= anneal_at * max_steps``
   (DreamFusion/ProlificDreamer/threestudio style: large noise early for shape, small later
   for detail).
+* ``"linear"``: both ends start at ``t_max`` and move linearly until ``anneal_at * max_steps``,
+  the lower end to ``t_min`` and the upper to ``t_max_end`` (MVDream's
+  ``min_step_percent [0, 0.98, 0.02, 8000]``, ``max_step_percent [0, 0.98, 0.5, 8000]``):
+  ``lo = t_max + (t_min - t_max) f``, ``hi = t_max + (t_max_end - t_max) f``,
+  ``f = min(step / (anneal_at max_steps), 1)``.
 * ``"sqrt"``: deterministic, no sampling: every sample gets
   ``t = t_max - (t_max - t_min) sqrt(step / max_steps)`` (times T, rounded), i.e. t decreases
   monotonically from ``t_max`` to ``t_min``, fast at first (DreamTime, Huang et al. 2023;
@@ -21,7 +26,9 @@ Weighting ``w(t)``: ``"sds"`` is ``1 - ab_t`` (DreamFusion), ``"uniform"`` is 1.
 
 Gradient clipping (:func:`clip_gradient`, ``grad_clip``): ``"value"`` clamps every element of
 ``g`` to ``[-c, c]`` (threestudio's ``grad_clip``); ``"norm"`` rescales each sample's ``g`` so
-its L2 norm is at most ``c``. NaN/Inf in ``g`` are zeroed first.
+its L2 norm is at most ``c``. NaN/Inf in ``g`` are zeroed first. :func:`clip_at` gives the
+threshold at a step when it ramps linearly from ``grad_clip`` to ``grad_clip_end`` over the first
+``grad_clip_ramp`` of the steps (GaussianDreamer's ``grad_clip [0, 1.5, 2.0, 1000]``).
 
 The loss (:func:`distillation_loss`) is ``0.5 * ||x - sg(x - g)||^2 / B``, so
 ``d loss / d x = g / B`` for any ``g`` (the reparameterisation used by threestudio).
@@ -38,7 +45,7 @@ from torch import Tensor
 
 from sds3d.types import GuidanceOutput, SDS3DError
 
-Anneal = Literal["none", "step", "sqrt"]
+Anneal = Literal["none", "step", "linear", "sqrt"]
 Weighting = Literal["sds", "uniform"]
 ClipMode = Literal["value", "norm"]
 
@@ -52,17 +59,20 @@ class TimestepConfig:
     t_max: float = 0.98
     """Largest timestep as a fraction of T (at the start, if annealed)."""
     anneal: Anneal = "none"
-    """t_max schedule: none; step (t_max -> t_max_end after anneal_at of the steps); sqrt
-    (deterministic t = t_max - (t_max - t_min) sqrt(step/max_steps), DreamTime-style)."""
+    """t_max schedule: none; step (t_max -> t_max_end after anneal_at of the steps); linear
+    (the range starts at [t_max, t_max] and moves linearly to [t_min, t_max_end] by anneal_at
+    of the steps, MVDream); sqrt (deterministic t = t_max - (t_max - t_min) sqrt(step/max_steps),
+    DreamTime-style)."""
     t_max_end: float = 0.5
-    """t_max after the drop of the 'step' schedule."""
+    """t_max after the drop of the 'step' schedule (the end of the 'linear' one)."""
     anneal_at: float = 0.5
-    """Fraction of the steps after which the 'step' schedule drops t_max."""
+    """Fraction of the steps after which the 'step' schedule drops t_max (by which the
+    'linear' one ends)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.t_min <= self.t_max <= 1.0:
             raise SDS3DError(f"timesteps need 0 <= t_min <= t_max <= 1 (got t_min {self.t_min}, t_max {self.t_max})")
-        if self.anneal == "step" and not self.t_min <= self.t_max_end <= 1.0:
+        if self.anneal in ("step", "linear") and not self.t_min <= self.t_max_end <= 1.0:
             raise SDS3DError(f"timesteps.t_max_end {self.t_max_end} must lie in [t_min, 1]")
         if not 0.0 <= self.anneal_at <= 1.0:
             raise SDS3DError(f"timesteps.anneal_at {self.anneal_at} must be a fraction of the steps in [0, 1]")
@@ -77,6 +87,10 @@ def timestep_range(cfg: TimestepConfig, step: int, max_steps: int, T: int) -> tu
     lo = _index(cfg.t_min, T)
     if cfg.anneal == "step" and step >= cfg.anneal_at * max_steps:
         return lo, max(lo, _index(cfg.t_max_end, T))
+    if cfg.anneal == "linear":
+        f = min(max(step / max(cfg.anneal_at * max_steps, 1e-9), 0.0), 1.0)
+        lo = _index(cfg.t_max + (cfg.t_min - cfg.t_max) * f, T)
+        return lo, max(lo, _index(cfg.t_max + (cfg.t_max_end - cfg.t_max) * f, T))
     if cfg.anneal == "sqrt":
         frac = cfg.t_max - (cfg.t_max - cfg.t_min) * math.sqrt(min(max(step / max(max_steps, 1), 0.0), 1.0))
         t = min(max(int(round(frac * T)), lo), _index(cfg.t_max, T))
@@ -143,6 +157,15 @@ def clip_gradient(g: Tensor, grad_clip: float | None, mode: ClipMode = "value") 
         norms = g.flatten(1).norm(dim=1).view(-1, *([1] * (g.dim() - 1)))
         return g * (grad_clip / norms.clamp_min(1e-12)).clamp(max=1.0)
     raise SDS3DError(f"unknown grad_clip_mode {mode!r}: use value or norm")
+
+
+def clip_at(grad_clip: float | None, grad_clip_end: float | None, ramp: float, step: int, max_steps: int) -> float | None:
+    """The clipping threshold at ``step``: ``grad_clip``, or with ``grad_clip_end`` the linear
+    ramp ``c0 + (c1 - c0) min(step / (ramp max_steps), 1)``."""
+    if grad_clip is None or grad_clip_end is None:
+        return grad_clip
+    f = min(max(step / max(ramp * max_steps, 1e-9), 0.0), 1.0)
+    return grad_clip + (grad_clip_end - grad_clip) * f
 
 
 def distillation_loss(x: Tensor, g: Tensor) -> Tensor:

@@ -56,8 +56,9 @@ class CoupledConfig:
     timesteps: TimestepConfig = field(default_factory=_annealed)
     """Timesteps of BOTH terms (replaces --coupled.sds/vsd.timesteps): default t in
     [0.02, 0.98] T, t_max -> 0.5 after half the steps."""
-    sds: SDSConfig = SDSConfig()
-    """The 2D term when two_d is sds (its timesteps are replaced by --coupled.timesteps)."""
+    sds: SDSConfig = SDSConfig(timesteps=TimestepConfig(), grad_clip=None, grad_clip_end=None)
+    """The 2D term when two_d is sds (its timesteps are replaced by --coupled.timesteps;
+    no gradient clipping, as in the coupled authors' code)."""
     vsd: VSDConfig = VSDConfig()
     """The 2D term when two_d is vsd (its timesteps are replaced by --coupled.timesteps)."""
 
@@ -75,7 +76,9 @@ class CoupledConfig:
         return dataclasses.replace(base, **changes)
 
     def mv_config(self) -> MVSDSConfig:
-        return MVSDSConfig(guidance_scale=self.mv_scale, timesteps=self.timesteps)
+        """Plain SDS with one t per group (the coupled authors' ``mvdream_utils_iteration.py``:
+        s = 7.5, w = 1 - ab_t, no x0-reconstruction loss or CFG rescale, unlike --guidance mvsds)."""
+        return MVSDSConfig(guidance_scale=self.mv_scale, timesteps=self.timesteps, x0_loss=False, cfg_rescale=0.0)
 
     def setup(self, prior_2d: Prior, prior_mv: Prior, prompts: PromptSet) -> Coupled:
         return Coupled(self, prior_2d, prior_mv, prompts)

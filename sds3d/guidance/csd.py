@@ -9,9 +9,20 @@ Only the implicit classifier ``grad log p(y | x_t)`` drives the scene; no eps te
 
 so g moves from ``e(y) - e(0)`` to ``e(y) - e(neg)`` (the schedule of the authors' code:
 ``null_scale [-1 -> 0]``, ``uncond_scale [0 -> -1]`` over 5000 of 10000 steps). Optionally
-(default on, as in the authors' ``grad_normalize``) g is normalised per sample to unit RMS,
-``g <- g / sqrt(mean(g^2))``, which makes its size independent of t and of the prior; then it
-is multiplied by ``guidance_scale`` (1: the formula as written). With no negative prompt,
+(default on, as the authors' ``grad_normalize``, ``deep_floyd_simple_guidance.py``) g is
+normalised, then multiplied by ``guidance_scale`` (1: the formula as written):
+
+    batch     g <- g / sqrt(mean_batch(g^2))       = sqrt(N) g / ||g||_2 over the whole batch
+    batch_l2  g <- g / (||g||_2 + 1e-8)            the authors' exact formula (N = B C h w)
+    sample    g <- g_i / sqrt(mean(g_i^2))         per sample (each view gets the same size)
+
+``batch`` (default) keeps the authors' direction and the relative sizes of the batch's
+samples; it differs from their formula by the constant sqrt(N) only, which Adam ignores but
+which keeps g at unit RMS, the size of an SDS gradient that the scenes' regularizer weights
+and the Gaussians' densification threshold are calibrated for (``batch_l2`` makes g about
+1/sqrt(N) = 1/128 of that for 4 latents of 64x64: densification would never trigger). The
+authors train with batch 1, where ``batch`` and ``sample`` coincide. Timesteps: t_max 0.98 ->
+0.5 after half the steps (the authors' ``max_step_percent [5000, 0.98, 0.5, 5001]`` of 10,000). With no negative prompt,
 ``neg`` is "" and g is ``e(y) - e(0)`` throughout. All three predictions come from ONE
 ``prior.predict_noise`` call. With Perp-Neg the front and side view prompts join the call and
 ``a_y * perp_neg_scale * sum_i w_i perp(e(y_i) - e(0), e(y) - e(0))`` is added inside the
@@ -21,7 +32,7 @@ bracket (``perpneg_scale`` 3 in the authors' configs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -42,13 +53,16 @@ class CSDConfig:
     anneal_fraction: float = 0.5
     """Fraction of the steps over which the negative-prompt schedule runs."""
     normalize: bool = True
-    """Rescale g per sample to unit RMS before guidance_scale."""
+    """Normalize g before guidance_scale (see --csd.normalization)."""
+    normalization: Literal["batch", "batch_l2", "sample"] = "batch"
+    """batch: unit RMS over the whole batch (the authors' batch-L2 direction, unit-RMS size);
+    batch_l2: the authors' g / ||g||_2 exactly; sample: unit RMS per sample."""
     guidance_scale: float = 1.0
     """Multiplies g (1: the formula as written)."""
     perp_neg_scale: float = 3.0
     """Weight of the Perp-Neg term (only with --perp-neg)."""
-    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
-    """Timestep range and annealing."""
+    timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(anneal="step", t_max_end=0.5, anneal_at=0.5))
+    """Timestep range and annealing (default: the authors' t_max 0.98 -> 0.5 after half the steps)."""
     weighting: Weighting = "uniform"
     """w(t): sds = 1 - alphas_cumprod[t], uniform = 1."""
     grad_clip: float | None = None
@@ -69,6 +83,17 @@ class CSDConfig:
 
     def setup(self, prior: Prior, prompts: PromptSet) -> CSDGuidance:
         return CSDGuidance(self, prior, prompts)
+
+
+def normalize_gradient(g: Tensor, mode: str) -> Tensor:
+    """g [B,...] normalized by ``mode`` (batch, batch_l2 or sample; see the module docstring)."""
+    if mode == "batch":
+        return g / g.pow(2).mean().sqrt().clamp_min(1e-12)
+    if mode == "batch_l2":
+        return g / (g.norm(2) + 1e-8)
+    if mode == "sample":
+        return g / g.pow(2).mean(dim=tuple(range(1, g.dim())), keepdim=True).sqrt().clamp_min(1e-12)
+    raise SDS3DError(f"unknown --csd.normalization {mode!r}: use batch, batch_l2 or sample")
 
 
 class CSDGuidance:
@@ -95,7 +120,7 @@ class CSDGuidance:
             score = score + a_y * cfg.perp_neg_scale * perp_neg_term(e_y - e_0, e[3:], e_0, w_pn)
         g = weight(cfg.weighting, prior.alphas_cumprod, t) * score
         if cfg.normalize:
-            g = g / g.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+            g = normalize_gradient(g, cfg.normalization)
         g = cfg.guidance_scale * g
         return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode)
 

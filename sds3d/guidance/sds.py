@@ -6,7 +6,11 @@ ICLR 2023).
     g     = w(t) (e_cfg - eps),                      w(t) = 1 - ab_t
     loss  = 0.5 ||x - sg(x - g)||^2 / B              (d loss / d x = g / B)
 
-Defaults: s = 100, t in [0.02, 0.98] T, no annealing, no clipping. ``e(y)`` uses the camera's
+Defaults (GaussianDreamer's SD-2.1 recipe for 3D Gaussians, 1,200 steps, see docs/recipes.md):
+s = 100, t in [0.02, 0.98] T with t_max -> 0.55 after 5/12 of the steps (step 500 of 1,200),
+and g clamped elementwise to [-c, c] with c rising linearly 1.5 -> 2.0 over the first 5/6 of
+the steps (1,000 of 1,200). The exemplar recipe (:func:`sds3d.config.exemplar_recipe`) keeps
+the fixed range and no clipping. ``e(y)`` uses the camera's
 view-dependent prompt; both predictions come from ONE ``prior.predict_noise`` call. With
 Perp-Neg (``PromptSet.perp_neg``) the front and side view prompts join that call and
 ``e(y) - e(u)`` is replaced by the Perp-Neg direction of :mod:`sds3d.guidance.perp_neg`.
@@ -20,7 +24,7 @@ from typing import Any
 from torch import Tensor
 
 from sds3d.cameras import Cameras
-from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noised_predictions, weight
+from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, clip_at, finish, noised_predictions, weight
 from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
 from sds3d.prompts import PromptSet
 from sds3d.types import GuidanceOutput, Prior
@@ -32,12 +36,20 @@ class SDSConfig:
 
     guidance_scale: float = 100.0
     """Classifier-free guidance scale s."""
-    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
-    """Timestep range and annealing."""
+    timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(anneal="step", t_max_end=0.55, anneal_at=5 / 12))
+    """Timestep range and annealing (default: GaussianDreamer's t_max 0.98 -> 0.55 after 5/12 of
+    the steps, i.e. from step 500 of 1,200; threestudio-3dgs drops to 0.5 after 1/5)."""
     weighting: Weighting = "sds"
     """w(t): sds = 1 - alphas_cumprod[t], uniform = 1."""
-    grad_clip: float | None = None
-    """Clip g (None: off): elements to [-c, c], or per-sample L2 norm to c (see grad_clip_mode)."""
+    grad_clip: float | None = 1.5
+    """Clip g (None: off): elements to [-c, c], or per-sample L2 norm to c (see grad_clip_mode).
+    Default: GaussianDreamer's value clamp, 1.5 rising to --sds.grad-clip-end."""
+    grad_clip_end: float | None = 2.0
+    """Clipping threshold at --sds.grad-clip-ramp of the steps, linear from --sds.grad-clip
+    (None: a constant threshold)."""
+    grad_clip_ramp: float = 5 / 6
+    """Fraction of the steps over which the threshold moves to --sds.grad-clip-end
+    (GaussianDreamer: 1,000 of 1,200)."""
     grad_clip_mode: ClipMode = "value"
     """value: clamp each element of g; norm: rescale each sample's g to L2 norm <= grad_clip."""
 
@@ -71,7 +83,8 @@ class SDSGuidance:
             delta = delta + perp_neg_term(delta, e[2:], e_u, w_pn)
         e_cfg = e_u + cfg.guidance_scale * delta
         g = weight(cfg.weighting, prior.alphas_cumprod, t) * (e_cfg - eps)
-        return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode)
+        clip = clip_at(cfg.grad_clip, cfg.grad_clip_end, cfg.grad_clip_ramp, step, max_steps)
+        return finish(x, g, t, clip, cfg.grad_clip_mode)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

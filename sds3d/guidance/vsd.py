@@ -4,7 +4,10 @@ Text-to-3D Generation with Variational Score Distillation", NeurIPS 2023).
     e_cfg = e(u) + s (e(y) - e(u))                       u = negative prompt or "", s = 7.5
     g     = w(t) (e_cfg(x_t; y) - e_phi(x_t; y, c)),     w(t) = 1 - ab_t
 
-``e_phi`` is the score of the current particles (the renders), learned online: after each
+``e(y)`` uses the camera's view-dependent prompt; ``e_phi`` (prediction and training) gets the
+plain, view-independent prompt, as in threestudio's ``stable_diffusion_vsd_guidance.py`` (the
+camera input carries the view; a LoRA that also saw ", back view" would split its particle
+model across four prompts). ``e_phi`` is the score of the current particles (the renders), learned online: after each
 guidance step it takes ``phi_updates`` Adam steps (lr 1e-4) of the ordinary diffusion loss on
 the *detached* latents, with ``t ~ U[0, T)``, fresh noise, the target of the prior's
 prediction type (eps, or v = sqrt(ab) eps - sqrt(1-ab) x via the scheduler's ``add_noise`` /
@@ -223,6 +226,7 @@ class VSDGuidance:
         eps = torch.randn_like(x)
         x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
         cond = prior.condition(self.prompts.for_cameras(cameras))
+        cond_phi = prior.condition([self.prompts.prompt] * b)  # view-independent (threestudio)
         conds: list[Any] = [cond, prior.condition(self.unconditional_prompts(b))]
         if self.perp_neg:
             conds += [prior.condition(p) for p in perp_neg_prompts(self.prompts, b)]
@@ -233,11 +237,11 @@ class VSDGuidance:
             delta = delta + perp_neg_term(delta, e[2:], e_u, perp_neg_weights(cameras, self.prompts).to(x.device))
         e_cfg = e_u + cfg.guidance_scale * delta
         camera = cameras.c2w().reshape(b, 16).to(x.device)
-        e_phi = self.phi.predict(x_t, t, cond, camera)
+        e_phi = self.phi.predict(x_t, t, cond_phi, camera)
         g = weight(cfg.weighting, prior.alphas_cumprod, t) * (e_cfg - e_phi)
         phi_loss = torch.zeros((), device=x.device)
         for _ in range(cfg.phi_updates):
-            phi_loss = self.phi.train_step(x, cond, camera)
+            phi_loss = self.phi.train_step(x, cond_phi, camera)
         return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode, phi_loss=phi_loss)
 
     def state_dict(self) -> dict[str, Any]:
