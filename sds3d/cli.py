@@ -107,8 +107,10 @@ def run_export(cmd: Export) -> int:
     for p in result.paths:
         print(p)
     fid = result.fidelity
-    where = f", mesh vs scene: PSNR {fid['psnr']:.2f} dB, mask IoU {fid['mask_iou']:.3f}" if fid else ""
-    print(f"mesh: {result.num_vertices} vertices, {result.num_faces} faces{where} (summary.json updated)")
+    print(f"mesh: {result.num_vertices} vertices, {result.num_faces} faces, {result.pieces} piece(s), Euler characteristic {result.euler}")
+    if fid:
+        print(f"mesh vs scene at {fid['resolution']} px: object PSNR {fid['psnr_object']:.2f} dB (whole frame {fid['psnr']:.2f} dB), "
+              f"mask IoU {fid['mask_iou']:.3f} (summary.json updated)")
     return 0
 
 

@@ -52,6 +52,9 @@ def test_bench_one_object(tmp_path: Path) -> None:
     assert rec["chamfer"] is None or 0 <= rec["chamfer"] < 1
     assert rec["mesh_psnr"] is None or rec["mesh_psnr"] > 0  # None only when no mesh was extracted
     assert rec["mesh_iou"] is None or 0 <= rec["mesh_iou"] <= 1
+    assert rec["mesh_psnr_object"] is None or rec["mesh_psnr_object"] <= rec["mesh_psnr"]  # white background inflates
+    assert rec["mesh_pieces"] is None or rec["mesh_pieces"] >= 1
+    assert rec["mesh_euler"] is None or rec["mesh_euler"] <= 2 * rec["mesh_pieces"]
     [ref] = result["references"]
     assert ref["floor_psnr"] < ref["ceiling_psnr"]
     assert 0 <= rec["mask_iou"] <= 1
@@ -62,15 +65,18 @@ def test_bench_one_object(tmp_path: Path) -> None:
 
 def test_averages_and_table() -> None:
     rec = dict(guidance="sds", scene="gaussians", seed=0, mask_iou=0.5, janus=1.0, seconds=10.0)
+    mesh_a = {"mesh_psnr_object": 20.0, "mesh_psnr": 26.0, "mesh_iou": 0.9, "mesh_pieces": 1, "mesh_euler": 2}
+    mesh_b = {"mesh_psnr_object": 23.0, "mesh_psnr": 28.0, "mesh_iou": None, "mesh_pieces": 2, "mesh_euler": 0}
     records = [
-        {**rec, "prompt": "a", "psnr": 20.0, "chamfer": 0.02, "normalized": 0.5, "mesh_psnr": 26.0, "mesh_iou": 0.9},
-        {**rec, "prompt": "b", "psnr": 22.0, "chamfer": None, "normalized": 0.7, "mesh_psnr": 28.0, "mesh_iou": None},
+        {**rec, "prompt": "a", "psnr": 20.0, "chamfer": 0.02, "normalized": 0.5, **mesh_a},
+        {**rec, "prompt": "b", "psnr": 22.0, "chamfer": None, "normalized": 0.7, **mesh_b},
     ]
     [avg] = _averages(records)
     assert avg["runs"] == 2 and avg["psnr"] == 21.0 and avg["chamfer"] == 0.02
     assert abs(avg["normalized"] - 0.6) < 1e-12
-    assert avg["mesh_psnr"] == 27.0 and avg["mesh_iou"] == 0.9
+    assert avg["mesh_psnr"] == 27.0 and avg["mesh_iou"] == 0.9 and avg["mesh_psnr_object"] == 21.5
+    assert avg["mesh_pieces"] == 1.5 and avg["mesh_euler"] == 1.0
     refs = [{"prompt": p, "scene": "gaussians", "floor_psnr": 10.0, "ceiling_psnr": 30.0} for p in "ab"]
     table = markdown_table({"records": records, "references": refs, "averages": [avg]})
-    assert "| b | sds | gaussians | 0 | 22.00 | 10.00 | 30.00 | 0.70 | 0.50 | 1.00 | - | 28.00 | - | 10 |" in table
+    assert "| b | sds | gaussians | 0 | 22.00 | 10.00 | 30.00 | 0.70 | 0.50 | 1.00 | - | 23.00 | 28.00 | - | 2 | 0 | 10 |" in table
     assert "| **average** | sds | gaussians | 2 runs | 21.00 |" in table

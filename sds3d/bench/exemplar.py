@@ -11,7 +11,9 @@ headlight, as the library images):
   ``janus_elevations``) against the true front and back;
 * ``chamfer``: of the exported mesh (``mesh.glb``/``mesh.obj``/``mesh.ply`` in the run folder)
   vs the true mesh, as a fraction of its bounding-box diagonal; null when no mesh was written;
-* ``mesh_psnr``, ``mesh_iou``: the export's mesh-vs-scene fidelity (``summary.json``);
+* ``mesh_psnr_object`` (the headline: object pixels only), ``mesh_psnr`` (whole frame),
+  ``mesh_iou``, ``mesh_pieces``, ``mesh_euler``: the export's mesh-vs-scene fidelity at 128 px
+  and the mesh's connected pieces and Euler characteristic (``summary.json``);
 * ``seconds``: wall time of the run (training and export).
 
 References per object and scene: the *floor* is a blank render (the white background
@@ -77,11 +79,11 @@ class BenchConfig:
         turntable_frames=4,
         turntable_resolution=64,
         export=dataclasses.replace(
-            _RECIPE.export, resolution=64, turntable=False, eval_views=8, eval_resolution=64, splat_ply=False
+            _RECIPE.export, turntable=False, eval_views=8, eval_resolution=128, splat_ply=False
         ),
     )
     """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...);
-    defaults: ``sds3d.config.exemplar_recipe()`` with 64^3 meshes and 8 mesh-fidelity views."""
+    defaults: ``sds3d.config.exemplar_recipe()`` (128^3 meshes) with 8 mesh-fidelity views at 128 px."""
 
 
 def _run_config(cfg: BenchConfig, guidance: str, scene: str, seed: int) -> RunConfig:
@@ -169,9 +171,12 @@ def _mesh_chamfer(run_dir: Path, true_mesh: Any) -> float | None:
 
 
 def _mesh_fidelity(summary: dict[str, Any]) -> dict[str, float | None]:
-    """Mesh-vs-scene PSNR and mask IoU of the run's export (null when it was not measured)."""
-    fid = (summary.get("mesh") or {}).get("fidelity") or {}
-    return {"mesh_psnr": fid.get("psnr"), "mesh_iou": fid.get("mask_iou")}
+    """Mesh-vs-scene PSNR (object pixels, whole frame), mask IoU, pieces and Euler characteristic
+    of the run's export (null when not measured)."""
+    mesh = summary.get("mesh") or {}
+    fid = mesh.get("fidelity") or {}
+    return {"mesh_psnr_object": fid.get("psnr_object"), "mesh_psnr": fid.get("psnr"), "mesh_iou": fid.get("mask_iou"),
+            "mesh_pieces": mesh.get("pieces"), "mesh_euler": mesh.get("euler")}
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -180,7 +185,8 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def _averages(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("psnr", "mask_iou", "chamfer", "janus", "normalized", "mesh_psnr", "mesh_iou", "seconds")
+    keys = ("psnr", "mask_iou", "chamfer", "janus", "normalized", "mesh_psnr_object", "mesh_psnr", "mesh_iou",
+            "mesh_pieces", "mesh_euler", "seconds")
     out = []
     for g, s in dict.fromkeys((r["guidance"], r["scene"]) for r in records):
         rows = [r for r in records if r["guidance"] == g and r["scene"] == s]
@@ -195,19 +201,22 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def markdown_table(result: dict[str, Any]) -> str:
     refs = {(r["prompt"], r["scene"]): r for r in result["references"]}
     lines = [
-        "| prompt | guidance | scene | seed | PSNR | floor | ceiling | normalized | mask IoU | Janus | Chamfer | mesh PSNR | mesh IoU | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prompt | guidance | scene | seed | PSNR | floor | ceiling | normalized | mask IoU | Janus | Chamfer "
+        "| mesh obj. PSNR | mesh PSNR | mesh IoU | pieces | Euler | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["records"]:
         ref = refs[(r["prompt"], r["scene"])]
         cells = [r["prompt"], r["guidance"], r["scene"], r["seed"], _fmt(r["psnr"]), _fmt(ref["floor_psnr"]),
                  _fmt(ref["ceiling_psnr"]), _fmt(r["normalized"]), _fmt(r["mask_iou"]), _fmt(r["janus"]),
-                 _fmt(r["chamfer"], 4), _fmt(r["mesh_psnr"]), _fmt(r["mesh_iou"]), _fmt(r["seconds"], 0)]  # fmt: skip
+                 _fmt(r["chamfer"], 4), _fmt(r["mesh_psnr_object"]), _fmt(r["mesh_psnr"]), _fmt(r["mesh_iou"]),
+                 _fmt(r["mesh_pieces"]), _fmt(r["mesh_euler"]), _fmt(r["seconds"], 0)]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for a in result["averages"]:
         cells = ["**average**", a["guidance"], a["scene"], f"{a['runs']} runs", _fmt(a["psnr"]), "", "",
                  _fmt(a["normalized"]), _fmt(a["mask_iou"]), _fmt(a["janus"]), _fmt(a["chamfer"], 4),
-                 _fmt(a["mesh_psnr"]), _fmt(a["mesh_iou"]), _fmt(a["seconds"], 0)]  # fmt: skip
+                 _fmt(a["mesh_psnr_object"]), _fmt(a["mesh_psnr"]), _fmt(a["mesh_iou"]), _fmt(a["mesh_pieces"]),
+                 _fmt(a["mesh_euler"], 1), _fmt(a["seconds"], 0)]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

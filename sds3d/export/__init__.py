@@ -12,7 +12,8 @@
 4. files (:mod:`.writers`): ``mesh.glb``/``mesh.obj``/``mesh.ply`` and, for Gaussian scenes,
    the standard 3DGS ``gaussians.ply``;
 5. ``turntable_mesh.mp4`` (CPU ray casting, :mod:`.turntable`) and the mesh fidelity (PSNR,
-   mask IoU against the scene's renders on the evaluation cameras, :mod:`.fidelity`).
+   mask IoU against the scene's renders on the evaluation cameras at the size users look at,
+   :mod:`.fidelity`), with the mesh's number of pieces and Euler characteristic.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import torch
 import trimesh
 
 from sds3d.cameras import CameraConfig, eval_cameras
-from sds3d.export.cleanup import clean_mesh
-from sds3d.export.marching import auto_threshold, density_grid, marching_cubes, scene_bounds
+from sds3d.export.cleanup import clean_mesh, count_pieces
+from sds3d.export.marching import auto_threshold, close_gaps, density_grid, marching_cubes, scene_bounds
 from sds3d.export.texture import TextureSource, albedo_at, bake_texture, colours_from_renders, sphere_cameras
 from sds3d.export.writers import MeshFormat, write_mesh, write_splat_ply
 from sds3d.scenes.gaussians import GaussianScene
@@ -55,6 +56,13 @@ class ExportConfig:
     the size the fidelity is measured at). A Gaussian scene's opacity depends on the size it is
     rendered at (gsplat's screen-space filter widens small Gaussians at low resolution), so no
     one mesh matches it at every size; this picks the size it is matched (and judged) at."""
+    close_radius: float = 0.05
+    """Close gaps, tunnels and pinholes narrower than twice this (world units; the scene fits the
+    unit sphere) in the density's occupancy before marching cubes, and fill enclosed cavities
+    (0: cavities only). Fuzzy SDS scenes otherwise export as a porous sponge. On 'a snowman' and
+    a held-out 'a green teapot' (exemplar recipe, 128^3 grid, mesh vs scene at 128 px): 41 / 35
+    pieces and Euler characteristic -813 / -513 without it; 1 piece, Euler 2 / -22 with 0.05,
+    mask IoU 0.95 -> 0.97 / 0.95 -> 0.96, object-pixel PSNR 19.8 -> 18.2 / 20.4 -> 19.5 dB."""
     face_budget: int = 100_000
     """Maximum faces after quadric decimation."""
     min_component_fraction: float = 0.02
@@ -90,12 +98,18 @@ class ExportConfig:
     eval_views: int = 8
     """Evaluation cameras for the mesh-vs-scene fidelity (0 skips it)."""
     eval_resolution: int = 128
-    """Width and height of the fidelity renders."""
+    """Smallest width and height of the fidelity renders (the mesh turntable's size when larger)."""
+
+    @property
+    def fidelity_resolution(self) -> int:
+        """The size the mesh is judged at: the larger of --export.eval-resolution and, when the
+        mesh turntable is written, --export.turntable-resolution (what users look at)."""
+        return max(self.eval_resolution, self.turntable_resolution if self.turntable else 0)
 
     @property
     def matched_resolution(self) -> int:
-        """--export.render-resolution, else --export.eval-resolution."""
-        return self.render_resolution or self.eval_resolution
+        """--export.render-resolution, else the fidelity resolution."""
+        return self.render_resolution or self.fidelity_resolution
 
     def __post_init__(self) -> None:
         if not self.formats and not self.splat_ply:
@@ -105,6 +119,8 @@ class ExportConfig:
                 raise SDS3DError(f"--export.formats: unknown format {fmt!r}; use glb, obj or ply")
         if self.resolution < 8:
             raise SDS3DError(f"--export.resolution {self.resolution} is too small; use at least 8 (default 256)")
+        if self.close_radius < 0:
+            raise SDS3DError(f"--export.close-radius {self.close_radius} must be >= 0 (0 fills enclosed cavities only)")
         if self.threshold is not None and not self.threshold > 0:
             raise SDS3DError(f"--export.threshold {self.threshold} must be positive (or leave it automatic)")
         if self.render_resolution is not None and self.render_resolution < 8:
@@ -129,6 +145,8 @@ class ExportResult:
     threshold: float
     threshold_rule: Literal["auto", "manual"]
     threshold_iou: float | None  # silhouette IoU of the chosen level on the held-out views (auto)
+    pieces: int = 1  # connected components
+    euler: int = 2  # Euler characteristic V - E + F (2 per closed genus-0 piece)
     fidelity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -139,6 +157,8 @@ class ExportResult:
             "files": [p.name for p in self.paths],
             "vertices": self.num_vertices,
             "faces": self.num_faces,
+            "pieces": self.pieces,
+            "euler": self.euler,
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "threshold_iou": self.threshold_iou,
@@ -160,7 +180,7 @@ def extract_mesh(
         threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity, cfg.matched_resolution)
     else:
         threshold = float(cfg.threshold)
-    mesh = marching_cubes(grid, threshold, origin, voxel)
+    mesh = marching_cubes(close_gaps(grid, threshold, cfg.close_radius / voxel), threshold, origin, voxel)
     del grid
     mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.face_budget)
     if cfg.vertex_colors != "albedo":
@@ -210,7 +230,8 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
         paths.append(write_splat_ply(splats, out_dir / "gaussians.ply"))
     fidelity: dict[str, float] = {}
     if cfg.eval_views > 0:
-        cams = eval_cameras(cameras_cfg, cfg.eval_views, cfg.eval_resolution, cfg.eval_resolution)
+        res = cfg.fidelity_resolution
+        cams = eval_cameras(cameras_cfg, cfg.eval_views, res, res)
         fidelity = mesh_fidelity(final, scene, cams, device)
     if cfg.turntable and cfg.turntable_frames > 0:
         frames = mesh_turntable(final, cameras_cfg, cfg.turntable_frames, cfg.turntable_resolution)
@@ -219,6 +240,8 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
         paths=paths,
         num_vertices=len(final.vertices),
         num_faces=len(final.faces),
+        pieces=count_pieces(final),
+        euler=int(final.euler_number),
         threshold=threshold,
         threshold_rule="auto" if cfg.threshold is None else "manual",
         threshold_iou=iou,

@@ -22,6 +22,13 @@ import trimesh
 from sds3d.types import SDS3DError
 
 
+def count_pieces(mesh: trimesh.Trimesh) -> int:
+    """Connected components of the faces (0 for an empty mesh)."""
+    if len(mesh.faces) == 0:
+        return 0
+    return int(trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces)).max()) + 1
+
+
 def remove_small_components(mesh: trimesh.Trimesh, min_component_fraction: float) -> trimesh.Trimesh:
     """Keep components with >= ``min_component_fraction`` x the faces of the largest one."""
     labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
