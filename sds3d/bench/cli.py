@@ -1,4 +1,4 @@
-"""``sds3d bench exemplar|speed|rasterizer``: the benchmarks, each printing a table."""
+"""``sds3d bench exemplar|speed|rasterizer|surfaces``: the benchmarks, each printing a table."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import tyro
 from sds3d.bench.exemplar import BenchConfig, run_bench
 from sds3d.bench.rasterizer import RasterizerBenchConfig, run_rasterizer_bench
 from sds3d.bench.speed import SpeedConfig, run_speed_bench
+from sds3d.bench.surfaces import SurfacesBenchConfig, run_surfaces_bench
 
 BenchCommand = Union[
     Annotated[BenchConfig, tyro.conf.subcommand("exemplar", prefix_name=False)],
     Annotated[SpeedConfig, tyro.conf.subcommand("speed", prefix_name=False)],
     Annotated[RasterizerBenchConfig, tyro.conf.subcommand("rasterizer", prefix_name=False)],
+    Annotated[SurfacesBenchConfig, tyro.conf.subcommand("surfaces", prefix_name=False)],
 ]
 
 
 def bench(cmd: Annotated[BenchCommand, tyro.conf.arg(name="")]) -> BenchCommand:
-    """Benchmarks: exemplar (quality on CPU), speed (step time vs the UNet floor), rasterizer."""
+    """Benchmarks: exemplar (quality on CPU), speed (step time vs the UNet floor), rasterizer,
+    surfaces (mesh extraction methods on trained runs)."""
     return cmd
 
 
@@ -29,6 +32,8 @@ def run_bench_command(cmd: object) -> int:
         run_speed_bench(cmd)
     elif isinstance(cmd, RasterizerBenchConfig):
         run_rasterizer_bench(cmd)
+    elif isinstance(cmd, SurfacesBenchConfig):
+        run_surfaces_bench(cmd)
     else:
         raise TypeError(f"unknown bench command {cmd!r}")
     return 0
