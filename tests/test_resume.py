@@ -271,7 +271,9 @@ def test_export_command_re_exports_an_interrupted_run(tmp_path, monkeypatch, cap
     assert summary["status"] == "interrupted"  # training did stop early; the export does not hide it
     mesh = summary["mesh"]
     assert {"mesh.obj", "mesh.ply"} <= set(summary["files"]) and not (run / "mesh.glb").exists()
-    assert f"{mesh['faces']} faces" in out and f"PSNR {mesh['fidelity']['psnr']:.2f} dB" in out
+    fid = mesh["fidelity"]
+    assert f"{mesh['faces']} faces" in out and f"{mesh['pieces']} piece(s)" in out
+    assert f"object PSNR {fid['psnr_object']:.2f} dB (whole frame {fid['psnr']:.2f} dB)" in out
     assert 0.0 < mesh["fidelity"]["mask_iou"] <= 1.0
     ply = trimesh.load(run / "mesh.ply", process=False)
     assert len(ply.faces) == mesh["faces"] and ply.visual.vertex_colors.shape == (len(ply.vertices), 4)
