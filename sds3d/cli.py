@@ -64,6 +64,9 @@ class Export:
     """Marching-cubes grid resolution (default: the run's --export.resolution)."""
     texture: bool | None = None
     """Bake a UV texture with xatlas instead of vertex colours (default: the run's setting)."""
+    refine_steps: int | None = None
+    """Refine-stage steps fitting the mesh colours to the scene's renders; 0 skips it (default:
+    the run's --export.refine-steps, 200 for runs saved before it existed)."""
     device: str | None = None
     """Device to load the scene on (default: the run's)."""
 
@@ -98,6 +101,8 @@ def run_export(cmd: Export) -> int:
         export_cfg = dataclasses.replace(export_cfg, resolution=cmd.resolution)
     if cmd.texture is not None:
         export_cfg = dataclasses.replace(export_cfg, texture=cmd.texture)
+    if cmd.refine_steps is not None:
+        export_cfg = dataclasses.replace(export_cfg, refine_steps=cmd.refine_steps)
     device = cfg.resolve_device()
     ckpt = load_checkpoint(cmd.run_dir / "checkpoint.pt", device, if_missing="there is no scene to export")
     scene = build_scene(cfg, device)

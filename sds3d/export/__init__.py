@@ -9,6 +9,8 @@
 3. vertex colours: scene renders (at ``--export.eval-resolution``) projected onto the
    vertices with visibility, or ``scene.albedo(vertex)`` (``--export.vertex-colors albedo``),
    and with ``--export.texture`` an xatlas-unwrapped baked albedo texture (:mod:`.texture`);
+   then the refine stage fits them (and the texture) to the scene's renders on
+   ``--export.refine-views`` views off the evaluation orbit (:mod:`.refine`);
 4. files (:mod:`.writers`): ``mesh.glb``/``mesh.obj``/``mesh.ply`` and, for Gaussian scenes,
    the standard 3DGS ``gaussians.ply``;
 5. ``turntable_mesh.mp4`` (CPU ray casting, :mod:`.turntable`) and the mesh fidelity (PSNR,
@@ -31,6 +33,7 @@ import trimesh
 from sds3d.cameras import CameraConfig, eval_cameras
 from sds3d.export.cleanup import clean_mesh, count_pieces
 from sds3d.export.marching import auto_threshold, close_gaps, density_grid, marching_cubes, scene_bounds
+from sds3d.export.refine import refine_cameras, refine_on_cameras
 from sds3d.export.texture import TextureSource, albedo_at, bake_texture, colours_from_renders, sphere_cameras
 from sds3d.export.writers import MeshFormat, write_mesh, write_splat_ply
 from sds3d.scenes.gaussians import GaussianScene
@@ -87,6 +90,14 @@ class ExportConfig:
     the NeRF house / penguin (29.6 / 28.3 against 25.6 / 22.3 dB)."""
     bake_views: int = 24
     """Cameras (evenly over the sphere) whose renders are projected onto the texture (or vertices)."""
+    refine_steps: int = 200
+    """Refine stage (DreamGaussian's second stage, colours only): Adam steps fitting the vertex
+    colours (and the texture with --export.texture) so the mesh's renders match the scene's on
+    --export.refine-views views at --export.render-resolution; 0 skips it. The fit is a linear
+    least squares (ray-cast once), so 200 steps converge. See sds3d/export/refine.py."""
+    refine_views: int = 32
+    """Refine-stage cameras: a Fibonacci lattice over the training elevations, azimuths off the
+    evaluation orbit (the fidelity is never measured on a view the colours were fitted to)."""
     splat_ply: bool = True
     """Gaussian scenes: also write the standard 3D Gaussian splatting gaussians.ply."""
     turntable: bool = True
@@ -131,6 +142,8 @@ class ExportConfig:
             raise SDS3DError("--export.min-component-fraction must lie in [0, 1]")
         if self.texture and self.texture_size < 16:
             raise SDS3DError(f"--export.texture-size {self.texture_size} is too small; use at least 16 (default 1024)")
+        if self.refine_steps < 0 or self.refine_views < 0:
+            raise SDS3DError("--export.refine-steps and --export.refine-views must be >= 0 (0 skips the refine stage)")
         if (self.texture or self.vertex_colors != "albedo") and self.bake_views < 1:
             raise SDS3DError("--export.bake-views must be at least 1 to take colours from renders")
 
@@ -148,6 +161,7 @@ class ExportResult:
     pieces: int = 1  # connected components
     euler: int = 2  # Euler characteristic V - E + F (2 per closed genus-0 piece)
     fidelity: dict[str, float] = field(default_factory=dict)
+    refine: dict[str, float] = field(default_factory=dict)  # refine views' object PSNR before/after, seconds
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -163,6 +177,7 @@ class ExportResult:
             "threshold_rule": self.threshold_rule,
             "threshold_iou": self.threshold_iou,
             "fidelity": fid,
+            "refine": {k: (round(v, 3) if math.isfinite(v) else None) for k, v in self.refine.items()},
             "seconds": round(self.seconds, 2),
         }
 
@@ -221,9 +236,18 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
     from sds3d.export.turntable import mesh_turntable, write_video
 
     mesh, threshold, iou = extract_mesh(scene, cfg, cameras_cfg, device)
+    refine: dict[str, float] = {}
+    if cfg.refine_steps > 0 and cfg.refine_views > 0:
+        judged = eval_cameras(cameras_cfg, cfg.eval_views, 8, 8)  # never fitted on
+        cams = refine_cameras(cameras_cfg, cfg.refine_views, cfg.matched_resolution, avoid=judged)
+        result = refine_on_cameras(mesh, scene, cams, cfg.refine_steps, device)
+        mesh = result.mesh
+        refine = {"psnr_before": result.psnr_before, "psnr_after": result.psnr_after, "seconds": result.seconds}
     final = mesh
     if cfg.texture:
         final = bake_texture(mesh, scene, cameras_cfg, cfg.texture_size, cfg.bake_views, cfg.texture_source, device)
+        if cfg.refine_steps > 0 and cfg.refine_views > 0:
+            final = refine_on_cameras(final, scene, cams, cfg.refine_steps, device).mesh
     paths = write_mesh(final, out_dir, cfg.formats, vertex_colored=mesh)
     splats = getattr(scene, "splats", None)
     if cfg.splat_ply and splats is not None:
@@ -246,6 +270,7 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
         threshold_rule="auto" if cfg.threshold is None else "manual",
         threshold_iou=iou,
         fidelity=fidelity,
+        refine=refine,
         seconds=time.perf_counter() - t0,
     )
 
