@@ -1,8 +1,9 @@
 """``sds3d bench surfaces RUN_DIR ...``: compare ways to turn a trained scene into a mesh.
 
 Every method ends the same way as the export (cleanup, vertex colours projected from the
-scene's renders, mesh-vs-scene fidelity at 128 px on the evaluation cameras), so the table
-compares geometry only:
+scene's renders, the refine stage (``--export.refine-steps``, on views off the evaluation
+orbit), mesh-vs-scene fidelity at 128 px on the evaluation cameras), so the table compares
+geometry only:
 
 * ``density``: the level set of the scene's density at the silhouette-rule level (the export
   before ``--export.close-radius``);
@@ -42,6 +43,7 @@ from sds3d.export import ExportConfig, extract_mesh
 from sds3d.export.cleanup import clean_mesh, count_pieces
 from sds3d.export.fidelity import mesh_fidelity
 from sds3d.export.marching import density_grid, ray_march_grid, render_alpha, scene_bounds, silhouette_threshold, threshold_cameras
+from sds3d.export.refine import refine_cameras, refine_on_cameras
 from sds3d.export.texture import colours_from_renders, sphere_cameras
 from sds3d.types import Scene
 
@@ -167,6 +169,7 @@ def run_surfaces_bench(cfg: SurfacesBenchConfig) -> list[dict]:
             "poisson": lambda: poisson_mesh(scene, sphere),
         }
         evals = eval_cameras(run.cameras, 8, cfg.resolution, cfg.resolution)
+        refine_cams = refine_cameras(run.cameras, base.refine_views, cfg.resolution, avoid=evals)
         for method in cfg.methods:
             if method == "poisson" and not _has_open3d():
                 print(f"[surfaces] {prompt}: poisson skipped (pip install open3d to compare it)")
@@ -179,6 +182,8 @@ def run_surfaces_bench(cfg: SurfacesBenchConfig) -> list[dict]:
                 col = colours_from_renders(scene, mesh, np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), bake, "cpu")
                 rgba = np.concatenate([np.round(col * 255), np.full((len(col), 1), 255)], 1).astype(np.uint8)
                 mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
+            if base.refine_steps > 0:
+                mesh = refine_on_cameras(mesh, scene, refine_cams, base.refine_steps, "cpu").mesh
             seconds = time.perf_counter() - t0
             fid = mesh_fidelity(mesh, scene, evals, "cpu")
             rows.append({"prompt": prompt, "run_dir": str(run_dir), "method": method, "psnr_object": fid["psnr_object"],
