@@ -207,7 +207,7 @@ def test_coupled_options() -> None:
 
 def test_mvsds_with_tiny_mvdream() -> None:
     """The real module end to end: random tiny MVDream, one mvsds step, gradients reach the renders."""
-    from sds3d.priors.mvdream import random_mvdream
+    from sds3d.priors.archs import random_mvdream
 
     torch.manual_seed(0)
     prior = random_mvdream("tiny", torch.device("cpu"), torch.float32)

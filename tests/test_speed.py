@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sds3d.bench.archs import SD21_UNET, build_sd_prior
+from sds3d.priors.archs import SD21_UNET, build_sd_prior
 from sds3d.bench.speed import PHASES, SpeedConfig, count_flops, format_table, run_speed_bench
 from sds3d.scenes.gaussians import GaussiansConfig
 from sds3d.types import SDS3DError
@@ -110,7 +110,7 @@ def test_random_prior_conditions_and_speed_options(tmp_path: Path) -> None:
 def test_tiny_vae_loads_from_a_folder(tmp_path: Path, tiny_sd_dir: Path) -> None:
     from diffusers import AutoencoderTiny
 
-    from sds3d.bench.archs import TINY_TAESD
+    from sds3d.priors.archs import TINY_TAESD
     from sds3d.priors.stable_diffusion import load_stable_diffusion
 
     AutoencoderTiny(**TINY_TAESD).save_pretrained(tmp_path / "taesd")

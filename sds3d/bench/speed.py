@@ -2,7 +2,7 @@
 
 For each guidance method x scene type, the benchmark builds the real pieces (scene config's
 ``setup``, ``sample_cameras``, the guidance config's ``setup`` on a Stable Diffusion prior with
-random weights of the published SD-2.1-base architecture, :mod:`sds3d.bench.archs`) and times
+random weights of the published SD-2.1-base architecture, :mod:`sds3d.priors.archs`) and times
 exactly the step of :mod:`sds3d.train`:
 
     render (+ pre_backward) -> guidance(rgb, cams, step, steps) + regularization -> backward
@@ -46,7 +46,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sds3d.bench.archs import build_mvdream_prior, build_sd_prior
+from sds3d.priors.archs import build_mvdream_prior, build_sd_prior
 from sds3d.cameras import CameraConfig, sample_cameras
 from sds3d.config import resolve_device
 from sds3d.prompts import PromptSet

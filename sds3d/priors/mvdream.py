@@ -31,7 +31,6 @@ cameras unrotated, so its object front sits at azimuth -90 instead).
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -240,41 +239,6 @@ def load_mvdream(
         embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else default_embedding_cache_dir(),
     )
     sd.input_size = cfg.image_size
-    return MVDreamPrior(sd)
-
-
-def random_mvdream(arch: str, device: torch.device, dtype: torch.dtype) -> "MVDreamPrior":
-    """MVDream with random weights at real scale ("sd21") or test scale ("tiny"), for timing.
-
-    VAE, text encoder and tokenizer are the speed benchmark's random stand-ins; text embeddings
-    are cached in a throwaway folder, never the user's cache."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-
-    from sds3d.bench import archs
-
-    if arch == "sd21":
-        unet_cfg, vae_cfg = MVDREAM_UNET, archs.SD21_VAE
-    elif arch == "tiny":
-        unet_cfg = dict(archs.TINY_UNET, class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
-        vae_cfg = archs.TINY_VAE
-    else:
-        raise SDS3DError(f"unknown architecture {arch!r}: use sd21 or tiny")
-    with archs.built_as(device, dtype):
-        unet = build_multiview_unet(unet_cfg)
-        vae = AutoencoderKL(**vae_cfg)
-        text_encoder = archs.RandomTextEncoder(int(unet_cfg["cross_attention_dim"]))
-    sd = StableDiffusionPrior(
-        model_id=f"sds3d-bench-random-mvdream-{arch}",
-        unet=freeze(unet, device),
-        vae=freeze(vae, device),
-        scheduler=DDPMScheduler(**archs.SCHEDULER),
-        tokenizer=archs.ByteTokenizer(),
-        device=device,
-        dtype=dtype,
-        cache_dir=None,
-        embedding_cache_dir=Path(tempfile.mkdtemp(prefix="sds3d-mvdream-bench-")),
-        text_encoder=text_encoder,
-    )
     return MVDreamPrior(sd)
 
 

