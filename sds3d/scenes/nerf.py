@@ -1,21 +1,12 @@
 """Hash-grid NeRF scene for score distillation (DreamFusion / Magic3D / ProlificDreamer style).
 
-Field (Instant-NGP encoding + small MLP heads, scene bounded by the sphere |x| < radius):
-
-    h = HashGrid((x / radius + 1) / 2)
-    sigma(x)  = act(MLP_sigma(h) + a (1 - |x| / r))          density blob (Magic3D): a ball at start
-    act       = softplus, or exp (Instant-NGP; its backward clamps the exponent at 15)
-    albedo(x) = sigmoid(MLP_albedo(h))
-    n(x)      = -grad sigma / |grad sigma|                   analytic or central differences
-
-The analytic gradient is computed in closed form, forward mode: the hash grid returns its
-features' spatial Jacobian, which is pushed through the density MLP (no double backward).
+The field (Instant-NGP hash grid + MLP heads, density blob, analytic normals) and the shading
+formulas are in :mod:`sds3d.scenes.nerf_field`; this module holds the options, the CPU preset
+and the scene: shading schedule, light sampling, ray marching, regularizers, optimizer, state.
 
 Shading (DreamFusion, Poole et al. 2022): during an albedo-only warm-up, then at random per
-render call among albedo, Lambertian and textureless, under a random point light p:
-
-    lambertian   c = albedo * (ambient + (1 - ambient) max(0, n . l)),   l = (p - x) / |p - x|
-    textureless  c = ambient + (1 - ambient) max(0, n . l)               (white albedo)
+render call among albedo, Lambertian and textureless, under a random point light placed
+around the camera's azimuth.
 
 Regularizers (weights move linearly from start to end over the run):
 orientation (Ref-NeRF, Verbin et al. 2022; DreamFusion) ``mean_rays sum_i w_i max(0, n_i . d)^2``
@@ -38,8 +29,7 @@ from typing import Any, Literal
 
 import nerfacc
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from sds3d.cameras import Cameras
@@ -51,10 +41,11 @@ from sds3d.render.nerf_render import (
     render_rays_dense,
     render_rays_occgrid,
 )
-from sds3d.scenes.hashgrid import HashGrid, HashGridConfig
+from sds3d.scenes.hashgrid import HashGridConfig
+from sds3d.scenes.nerf_field import RadianceField, Shading, shade, trunc_exp
 from sds3d.types import RenderOutput, SDS3DError
 
-Shading = Literal["albedo", "lambertian", "textureless"]
+__all__ = ["EXEMPLAR_NERF", "NerfConfig", "NerfScene", "RadianceField", "Shading", "trunc_exp"]
 
 
 @dataclass(frozen=True)
@@ -173,91 +164,6 @@ weight of 300 (snowman/chair PSNR +1.4/+0.7 dB, but mesh fidelity 22.7/23.4 dB),
 --nerf.sparsity-weight 0 1000."""
 
 
-class _TruncExp(torch.autograd.Function):
-    """exp(x) whose backward uses exp(min(x, 15)) (Instant-NGP): no overflowing gradients."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return torch.exp(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * torch.exp(x.clamp(max=15.0))
-
-
-def trunc_exp(x: Tensor) -> Tensor:
-    """exp with a clamped backward (see :class:`_TruncExp`)."""
-    return _TruncExp.apply(x)
-
-
-def _mlp(n_in: int, width: int, layers: int, n_out: int) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(n_in if i == 0 else width, width), nn.ReLU()]
-    mods.append(nn.Linear(width if layers > 0 else n_in, n_out))
-    return nn.Sequential(*mods)
-
-
-class RadianceField(nn.Module):
-    """Density and albedo at world points; an optional learned background over directions."""
-
-    def __init__(self, cfg: NerfConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.grid: HashGrid = cfg.grid.setup()
-        self.density_head = _mlp(self.grid.output_dim, cfg.hidden_dim, cfg.hidden_layers, 1)
-        self.albedo_head = _mlp(self.grid.output_dim, cfg.hidden_dim, cfg.hidden_layers, 3)
-        self.background = _mlp(3, 32, 1, 3) if cfg.background == "learned" else None
-
-    def _encode(self, x: Tensor) -> Tensor:
-        return self.grid((x / self.cfg.radius + 1.0) * 0.5)
-
-    def _blob(self, x: Tensor) -> Tensor:
-        return self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
-
-    def _sigma(self, x: Tensor, h: Tensor) -> Tensor:
-        return self._activate(self.density_head(h)[:, 0] + self._blob(x))
-
-    def _activate(self, raw: Tensor) -> Tensor:
-        return trunc_exp(raw) if self.cfg.density_activation == "exp" else F.softplus(raw)
-
-    def _activate_grad(self, raw: Tensor) -> Tensor:
-        """d act / d raw."""
-        return torch.exp(raw.clamp(max=15.0)) if self.cfg.density_activation == "exp" else torch.sigmoid(raw)
-
-    def density(self, x: Tensor) -> Tensor:
-        return self._sigma(x, self._encode(x))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x [N,3] -> sigma [N], albedo [N,3]."""
-        h = self._encode(x)
-        return self._sigma(x, h), torch.sigmoid(self.albedo_head(h))
-
-    def with_gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """sigma [N], albedo [N,3] and d sigma / d x [N,3] in closed form (forward mode).
-
-        The encoding's Jacobian is pushed through the density head (Linear: W J; ReLU: J
-        masked where the unit is off) and the activation; first-order differentiable w.r.t.
-        the parameters, so analytic normals cost no double backward.
-        """
-        h, jac = self.grid.encode((x / self.cfg.radius + 1.0) * 0.5, jacobian=True)
-        assert jac is not None
-        jac = jac * (0.5 / self.cfg.radius)  # [N,3,D]
-        z = h
-        for m in self.density_head:
-            if isinstance(m, nn.Linear):
-                z, jac = m(z), F.linear(jac, m.weight)
-            else:  # ReLU
-                jac = jac * (z > 0).unsqueeze(1).to(jac.dtype)
-                z = m(z)
-        raw = z[:, 0] + self._blob(x)
-        d_blob = (-self.cfg.blob_density / self.cfg.blob_radius) * F.normalize(x, dim=-1, eps=1e-12)
-        grad = self._activate_grad(raw)[:, None] * (jac[:, :, 0] + d_blob)
-        return self._activate(raw), torch.sigmoid(self.albedo_head(h)), grad
-
-
 class NerfScene:
     """A :class:`sds3d.types.Scene` backed by a hash-grid radiance field."""
 
@@ -289,19 +195,6 @@ class NerfScene:
         """Training: jittered samples and random shading; evaluation: fixed samples, albedo."""
         self.training = training
 
-    def _normals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """sigma, albedo, unit normals (-grad sigma) at x; differentiable when grad is enabled."""
-        if self.cfg.normals == "finite_difference":
-            sigma, albedo = self.field(x)
-            eps = self.cfg.normal_eps
-            offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # [3,3]
-            shifted = torch.cat([(x[:, None] + offsets).reshape(-1, 3), (x[:, None] - offsets).reshape(-1, 3)])
-            s = self.field.density(shifted).reshape(2, -1, 3)
-            grad = (s[0] - s[1]) / (2 * eps)
-        else:
-            sigma, albedo, grad = self.field.with_gradient(x)
-        return sigma, albedo, -F.normalize(grad, dim=-1, eps=1e-20)
-
     def _needs_normals(self, shading: Shading) -> bool:
         return not self.training or shading != "albedo" or max(self.cfg.orientation_weight) > 0
 
@@ -312,14 +205,11 @@ class NerfScene:
             if not need_normals:
                 sigma, albedo = self.field(x)
                 return sigma, albedo, None
-            sigma, albedo, normal = self._normals(x)
+            sigma, albedo, normal = self.field.with_normals(x)
             if shading == "albedo":
                 return sigma, albedo, normal
             assert lights is not None
-            l_dir = F.normalize(lights[ray_indices] - x, dim=-1)
-            diffuse = amb + (1 - amb) * (normal * l_dir).sum(-1, keepdim=True).clamp_min(0)
-            rgb = diffuse.expand(-1, 3) if shading == "textureless" else albedo * diffuse
-            return sigma, rgb, normal
+            return sigma, shade(albedo, normal, x, lights[ray_indices], amb, shading), normal
 
         return field_fn
 
@@ -473,7 +363,7 @@ class NerfScene:
     @torch.no_grad()
     def normals(self, points: Tensor) -> Tensor:
         """[N,3] -> [N,3] unit outward normals -grad sigma / |grad sigma| (config's method)."""
-        return self._normals(points.to(self.device, torch.float32))[2].to(points.device)
+        return self.field.with_normals(points.to(self.device, torch.float32))[2].to(points.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {
