@@ -224,7 +224,7 @@ def _coloured_mesh():
 @pytest.mark.parametrize("fmt", ["glb", "obj", "ply"])
 def test_round_trip_preserves_vertices_and_colours(tmp_path, fmt):
     mesh, rgb = _coloured_mesh()
-    (path,) = write_mesh(mesh, tmp_path, [fmt])
+    path = write_mesh(mesh, tmp_path, [fmt])[0]  # obj: + mesh.mtl
     back = read_mesh(path)
     assert len(back.vertices) == len(mesh.vertices) and len(back.faces) == len(mesh.faces)
     np.testing.assert_allclose(back.vertices, mesh.vertices, atol=1e-6)
@@ -287,13 +287,15 @@ def test_export_scene_fidelity_and_files(tmp_path):
     result = export_scene(scene, tmp_path, cfg, CAMS, "cpu")
     names = sorted(p.name for p in result.paths)
     video = "turntable_mesh.mp4" if ffmpeg_available() else "turntable_mesh.gif"
-    assert names == ["mesh.glb", "mesh.obj", "mesh.ply", video]
+    assert names == ["mesh.glb", "mesh.mtl", "mesh.obj", "mesh.ply", video]
     assert all(p.exists() for p in result.paths)
     assert result.fidelity["psnr"] > 25.0 and result.fidelity["mask_iou"] > 0.9
     summary = json.loads(json.dumps(result.summary()))
     assert summary["faces"] == result.num_faces and summary["threshold_rule"] == "auto"
-    glb = trimesh.load(tmp_path / "mesh.glb", force="mesh")
+    glb = read_mesh(tmp_path / "mesh.glb")
     assert len(glb.visual.vertex_colors) == len(glb.vertices)
+    ply = trimesh.load(tmp_path / "mesh.ply", process=False)  # the same surface, sRGB colours as written
+    np.testing.assert_array_equal(np.sort(glb.visual.vertex_colors[:, 0]), np.sort(ply.visual.vertex_colors[:, 0]))
 
 
 def test_fidelity_renders_the_mesh_antialiased():

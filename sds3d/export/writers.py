@@ -19,6 +19,7 @@ exactly the pre-activation values of gsplat's ``splats`` ParameterDict.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
@@ -27,6 +28,7 @@ import torch
 import trimesh
 from torch import Tensor
 
+from sds3d.export.gltf import ROUGHNESS, accessor, glb_bytes, linear_to_srgb, read_glb
 from sds3d.types import SDS3DError
 
 MeshFormat = Literal["glb", "obj", "ply"]
@@ -37,10 +39,11 @@ GLTF_TO_OURS = OURS_TO_GLTF.T
 
 
 def write_mesh(mesh: trimesh.Trimesh, out_dir: Path, formats: Sequence[MeshFormat], vertex_colored: trimesh.Trimesh | None = None) -> list[Path]:
-    """Write ``mesh.<fmt>`` for every format; returns the paths written (obj: + .mtl + .png if textured).
+    """Write ``mesh.<fmt>`` for every format; returns the paths written (obj: + .mtl, + .png if textured).
 
-    ``mesh`` carries vertex colours or a texture; ``vertex_colored`` (same surface with vertex
-    colours) is used for PLY, which trimesh writes without textures.
+    ``mesh`` carries sRGB vertex colours or a texture; ``vertex_colored`` (same surface with vertex
+    colours) is used for PLY, which has no textures. glb/obj get the PBR material of :mod:`.gltf`
+    and smooth vertex normals; see the module docstring for axes and colour spaces.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,14 +51,10 @@ def write_mesh(mesh: trimesh.Trimesh, out_dir: Path, formats: Sequence[MeshForma
     for fmt in dict.fromkeys(formats):
         path = out_dir / f"mesh.{fmt}"
         if fmt == "glb":
-            gltf = mesh.copy()
-            gltf.apply_transform(OURS_TO_GLTF)
-            path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(gltf)))
+            path.write_bytes(_glb(mesh))
             paths.append(path)
         elif fmt == "obj":
-            gltf = mesh.copy()
-            gltf.apply_transform(OURS_TO_GLTF)
-            paths += _write_obj(gltf, path)
+            paths += _write_obj(mesh, path)
         elif fmt == "ply":
             src = vertex_colored if vertex_colored is not None else mesh
             path.write_bytes(trimesh.exchange.ply.export_ply(src, encoding="binary", include_attributes=False))
@@ -65,25 +64,64 @@ def write_mesh(mesh: trimesh.Trimesh, out_dir: Path, formats: Sequence[MeshForma
     return paths
 
 
+def _in_gltf_axes(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vertices, faces, smooth unit vertex normals) rotated into glTF axes."""
+    rot = OURS_TO_GLTF[:3, :3]
+    return np.asarray(mesh.vertices) @ rot.T, np.asarray(mesh.faces), np.asarray(mesh.vertex_normals) @ rot.T
+
+
+def _srgb_colors(mesh: trimesh.Trimesh) -> np.ndarray | None:
+    """Vertex colours [V,3] in [0,1] (sRGB display values), or None for a mesh without them."""
+    visual = mesh.visual
+    if not isinstance(visual, trimesh.visual.ColorVisuals) or visual.kind != "vertex":
+        return None
+    return np.asarray(visual.vertex_colors)[:, :3] / 255.0
+
+
+def _textured(mesh: trimesh.Trimesh) -> bool:
+    return isinstance(mesh.visual, trimesh.visual.TextureVisuals) and mesh.visual.uv is not None
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _glb(mesh: trimesh.Trimesh) -> bytes:
+    verts, faces, normals = _in_gltf_axes(mesh)
+    if _textured(mesh):
+        return glb_bytes(verts, faces, normals, uvs=np.asarray(mesh.visual.uv), texture_png=_png(_texture_image(mesh)))
+    return glb_bytes(verts, faces, normals, srgb_colors=_srgb_colors(mesh))
+
+
 def _write_obj(mesh: trimesh.Trimesh, path: Path) -> list[Path]:
-    """OBJ with vertex colours (``v x y z r g b``), or with ``mesh.mtl`` + ``mesh.png`` if textured."""
-    textured = isinstance(mesh.visual, trimesh.visual.TextureVisuals)
-    if not textured:
-        text = trimesh.exchange.obj.export_obj(mesh, include_color=True, include_texture=False, include_normals=True)
-        path.write_text(text)
-        return [path]
-    image = _texture_image(mesh)
-    material = trimesh.visual.material.SimpleMaterial(image=image, diffuse=(255, 255, 255, 255), name="mesh")
-    mesh = mesh.copy()
-    mesh.visual = trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material)
-    text, files = trimesh.exchange.obj.export_obj(
-        mesh, include_color=False, include_texture=True, include_normals=True, return_texture=True, mtl_name="mesh.mtl"
-    )
-    path.write_text(text)
-    written = [path]
-    for name, data in files.items():
-        (path.parent / name).write_bytes(data)
-        written.append(path.parent / name)
+    """``mesh.obj`` (glTF axes; ``v x y z r g b`` sRGB vertex colours, or ``vt`` uvs; ``vn`` normals)
+    with ``mesh.mtl`` (Kd 1 1 1, Ks 0, Pr 0.9, Pm 0; ``map_Kd mesh.png`` + the PNG when textured)."""
+    verts, faces, normals = _in_gltf_axes(mesh)
+    textured, colours = _textured(mesh), _srgb_colors(mesh)
+    stem = path.stem
+    mtl = [f"newmtl {stem}", "Kd 1 1 1", "Ks 0 0 0", "Ns 10", "d 1", "illum 1", f"Pr {ROUGHNESS}", "Pm 0"]
+    written = [path, path.with_suffix(".mtl")]
+    if textured:
+        mtl.append(f"map_Kd {stem}.png")
+        path.with_suffix(".png").write_bytes(_png(_texture_image(mesh)))
+        written.append(path.with_suffix(".png"))
+    path.with_suffix(".mtl").write_text("\n".join(mtl) + "\n")
+    out = io.StringIO()
+    out.write(f"# sds3d mesh: glTF axes (+y up, front +z), sRGB vertex colours\nmtllib {stem}.mtl\no {stem}\n")
+    vdata = verts if colours is None else np.concatenate([verts, colours], axis=1)
+    np.savetxt(out, vdata, fmt="v" + " %.8g" * vdata.shape[1])
+    if textured:
+        np.savetxt(out, np.asarray(mesh.visual.uv), fmt="vt %.6g %.6g")
+    np.savetxt(out, normals, fmt="vn %.6g %.6g %.6g")
+    out.write(f"usemtl {stem}\ns 1\n")
+    f = faces + 1
+    if textured:
+        np.savetxt(out, np.repeat(f, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+    else:
+        np.savetxt(out, np.repeat(f, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
+    path.write_text(out.getvalue())
     return written
 
 
@@ -96,7 +134,11 @@ def _texture_image(mesh: trimesh.Trimesh):
 
 
 def read_mesh(path: str | Path) -> trimesh.Trimesh:
-    """Load a glb/gltf/obj/ply as one Trimesh in our world axes (glTF and OBJ are rotated back)."""
+    """Load a glb/gltf/obj/ply as one Trimesh in our world axes (glTF and OBJ are rotated back).
+
+    A .glb's ``COLOR_0`` (linear, by the glTF spec) comes back as sRGB uint8 display colours,
+    as written; its first material is kept in ``mesh.metadata["material"]`` (the glTF dict).
+    """
     path = Path(path)
     if not path.exists():
         raise SDS3DError(f"mesh file {path} does not exist; check the path")
@@ -105,9 +147,32 @@ def read_mesh(path: str | Path) -> trimesh.Trimesh:
     if not meshes:
         raise SDS3DError(f"{path} holds no triangle mesh; export one as glb, obj or ply")
     mesh = meshes[0] if len(meshes) == 1 else trimesh.util.concatenate(meshes)
+    if path.suffix.lower() == ".obj" and isinstance(mesh.visual, trimesh.visual.TextureVisuals) and mesh.visual.uv is None:
+        material = mesh.visual.material  # an untextured material hides the v-line colours: read them without it
+        mesh = trimesh.load(path, process=False, force="mesh", skip_materials=True)
+        mesh.metadata["material"] = material
+    if path.suffix.lower() == ".glb":
+        _glb_colours_and_material(path, mesh)
     if path.suffix.lower() in (".glb", ".gltf", ".obj"):
         mesh.apply_transform(GLTF_TO_OURS)
     return mesh
+
+
+def _glb_colours_and_material(path: Path, mesh: trimesh.Trimesh) -> None:
+    """Replace trimesh's 8-bit reading of a one-primitive glb's linear COLOR_0 by exact sRGB colours
+    and keep the material (trimesh drops it for vertex-coloured meshes)."""
+    doc, binary = read_glb(path)
+    if doc.get("materials"):
+        mesh.metadata["material"] = doc["materials"][0]
+    prims = [p for m in doc.get("meshes", []) for p in m.get("primitives", [])]
+    if len(prims) != 1 or "COLOR_0" not in prims[0]["attributes"]:
+        return
+    linear = accessor(doc, binary, prims[0]["attributes"]["COLOR_0"])
+    if len(linear) != len(mesh.vertices):
+        return
+    rgb = np.round(linear_to_srgb(linear[:, :3]) * 255)
+    alpha = np.round(np.clip(linear[:, 3:4], 0, 1) * 255) if linear.shape[1] == 4 else np.full((len(rgb), 1), 255.0)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=np.concatenate([rgb, alpha], axis=1).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------- splat .ply
