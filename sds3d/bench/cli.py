@@ -1,4 +1,5 @@
-"""``sds3d bench exemplar|speed|rasterizer|surfaces``: the benchmarks, each printing a table."""
+"""``sds3d bench exemplar|speed|rasterizer|surfaces|demo-strip``: the benchmarks, each printing a
+table, and the README's picture."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from sds3d.bench.demo_strip import DemoStripConfig, run_demo_strip
 from sds3d.bench.exemplar import BenchConfig, run_bench
 from sds3d.bench.rasterizer import RasterizerBenchConfig, run_rasterizer_bench
 from sds3d.bench.speed import SpeedConfig, run_speed_bench
@@ -16,12 +18,13 @@ BenchCommand = Union[
     Annotated[SpeedConfig, tyro.conf.subcommand("speed", prefix_name=False)],
     Annotated[RasterizerBenchConfig, tyro.conf.subcommand("rasterizer", prefix_name=False)],
     Annotated[SurfacesBenchConfig, tyro.conf.subcommand("surfaces", prefix_name=False)],
+    Annotated[DemoStripConfig, tyro.conf.subcommand("demo-strip", prefix_name=False)],
 ]
 
 
 def bench(cmd: Annotated[BenchCommand, tyro.conf.arg(name="")]) -> BenchCommand:
     """Benchmarks: exemplar (quality on CPU), speed (step time vs the UNet floor), rasterizer,
-    surfaces (mesh extraction methods on trained runs)."""
+    surfaces (mesh extraction methods on trained runs), demo-strip (the README's picture)."""
     return cmd
 
 
@@ -34,6 +37,8 @@ def run_bench_command(cmd: object) -> int:
         run_rasterizer_bench(cmd)
     elif isinstance(cmd, SurfacesBenchConfig):
         run_surfaces_bench(cmd)
+    elif isinstance(cmd, DemoStripConfig):
+        run_demo_strip(cmd)
     else:
         raise TypeError(f"unknown bench command {cmd!r}")
     return 0
