@@ -34,6 +34,7 @@ from sds3d.cameras import CameraConfig, eval_cameras
 from sds3d.export.cleanup import clean_mesh, count_pieces
 from sds3d.export.marching import auto_threshold, close_gaps, density_grid, marching_cubes, scene_bounds
 from sds3d.export.refine import refine_cameras, refine_on_cameras
+from sds3d.export.splat_axes import SplatAxes
 from sds3d.export.texture import TextureSource, albedo_at, bake_texture, colours_from_renders, sphere_cameras
 from sds3d.export.writers import MeshFormat, write_mesh, write_splat_ply
 from sds3d.scenes.gaussians import GaussianScene
@@ -100,6 +101,11 @@ class ExportConfig:
     evaluation orbit (the fidelity is never measured on a view the colours were fitted to)."""
     splat_ply: bool = True
     """Gaussian scenes: also write the standard 3D Gaussian splatting gaussians.ply."""
+    splat_axes: SplatAxes = "y-down"
+    """Axes of gaussians.ply (means, rotations and SH turned together). y-down: x right, y down,
+    z forward, the COLMAP/OpenCV convention of most 3DGS scenes, upright by default in SuperSplat /
+    PlayCanvas (and with cameraUp [0, -1, 0] in @mkkellogg/gaussian-splats-3d); y-up: glTF /
+    three.js axes like mesh.glb; z-up: our native world axes (the file before this option)."""
     turntable: bool = True
     """Write turntable_mesh.mp4 (the exported mesh, ray-cast on the CPU)."""
     turntable_frames: int = 60
@@ -251,7 +257,7 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
     paths = write_mesh(final, out_dir, cfg.formats, vertex_colored=mesh)
     splats = getattr(scene, "splats", None)
     if cfg.splat_ply and splats is not None:
-        paths.append(write_splat_ply(splats, out_dir / "gaussians.ply"))
+        paths.append(write_splat_ply(splats, out_dir / "gaussians.ply", cfg.splat_axes))
     fidelity: dict[str, float] = {}
     if cfg.eval_views > 0:
         res = cfg.fidelity_resolution

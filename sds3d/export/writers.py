@@ -1,20 +1,25 @@
-"""Mesh files (glb/obj/ply, via trimesh) and the standard 3D Gaussian splatting .ply.
+"""Mesh files (glb/obj/ply) and the standard 3D Gaussian splatting .ply.
 
 Axes. Our world is right-handed, +z up, front +x. glTF is +y up with the front facing +z
 (and Blender's OBJ importer assumes the same), so ``mesh.glb`` and ``mesh.obj`` are written
 in glTF axes with the rotation ``(x, y, z)_ours -> (y, z, x)_gltf`` (a cyclic permutation,
 det +1: our front +x lands on glTF +z, our up +z on glTF +y, our +y (the viewer's right
 when facing the front) on glTF +x). PLY has no axis convention; ``mesh.ply`` stays in our
-native +z-up world (Blender's PLY importer assumes z up), and so does ``gaussians.ply`` (its
-quaternions and SH coefficients are in scene axes; rotating would mean rotating them too).
-:func:`read_mesh` undoes the rotation, so a file written here reloads in our world axes.
+native +z-up world (Blender's PLY importer assumes z up). ``gaussians.ply`` is written in the
+axes splat viewers expect (``--export.splat-axes``, default y-down, :mod:`.splat_axes`, which
+rotates means, quaternions and SH coefficients consistently) and records them in a header
+comment ``comment sds3d axes <name>``. :func:`read_mesh` and :func:`read_splat_ply` undo the
+rotations, so a file written here reloads in our world axes.
+
+Colours. glb: linear float32 ``COLOR_0`` and a white metallic-0 PBR material (:mod:`.gltf`);
+obj: sRGB ``v x y z r g b`` and ``mesh.mtl``; ply: sRGB uint8, what PLY readers assume.
 
 Splat .ply (the INRIA 3DGS layout, Kerbl et al., "3D Gaussian Splatting for Real-Time
 Radiance Field Rendering", SIGGRAPH 2023): binary little endian, one float32 ``vertex``
 element with ``x y z nx ny nz f_dc_0..2 f_rest_0..(3K-1) opacity scale_0..2 rot_0..3``:
 positions, zero normals, SH DC, the other SH coefficients channel-major (all K of red, then
 green, then blue), opacity as a logit, log scales, and raw (unnormalized) wxyz quaternions,
-exactly the pre-activation values of gsplat's ``splats`` ParameterDict.
+exactly the pre-activation values of gsplat's ``splats`` ParameterDict (rotated into the file's axes).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import trimesh
 from torch import Tensor
 
 from sds3d.export.gltf import ROUGHNESS, accessor, glb_bytes, linear_to_srgb, read_glb
+from sds3d.export.splat_axes import SPLAT_AXES, SplatAxes, axes_rotation, rotate_splats
 from sds3d.types import SDS3DError
 
 MeshFormat = Literal["glb", "obj", "ply"]
@@ -189,13 +195,15 @@ def splat_ply_fields(num_rest: int) -> list[str]:
     )
 
 
-def write_splat_ply(splats: Mapping[str, Tensor], path: str | Path) -> Path:
+def write_splat_ply(splats: Mapping[str, Tensor], path: str | Path, axes: SplatAxes = "y-down") -> Path:
     """Write gsplat-named tensors (means [N,3], scales [N,3] log, quats [N,4] wxyz, opacities [N]
-    logit, sh0 [N,1,3], shN [N,K,3]) as a standard 3DGS .ply; see the module docstring."""
+    logit, sh0 [N,1,3], shN [N,K,3]; our world axes) as a standard 3DGS .ply in ``axes``
+    (:mod:`.splat_axes`); see the module docstring."""
     missing = [k for k in SPLAT_KEYS if k not in splats and k != "shN"]
     if missing:
         raise SDS3DError(f"the scene's splats lack {missing}; only Gaussian scenes can be saved as a splat .ply")
     t = {k: v.detach().float().cpu() for k, v in splats.items()}
+    t = rotate_splats(t, axes_rotation(axes))
     n = t["means"].shape[0]
     sh_n = t.get("shN", torch.zeros(n, 0, 3))
     columns = [
@@ -209,7 +217,7 @@ def write_splat_ply(splats: Mapping[str, Tensor], path: str | Path) -> Path:
     ]
     data = torch.cat(columns, dim=1).numpy().astype("<f4")
     names = splat_ply_fields(sh_n.shape[1] * 3)
-    header = "ply\nformat binary_little_endian 1.0\nelement vertex %d\n" % n
+    header = f"ply\nformat binary_little_endian 1.0\ncomment sds3d axes {axes}\nelement vertex {n}\n"
     header += "".join(f"property float {name}\n" for name in names) + "end_header\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,18 +227,20 @@ def write_splat_ply(splats: Mapping[str, Tensor], path: str | Path) -> Path:
     return path
 
 
-def read_splat_ply_header(path: str | Path) -> tuple[str, int, list[str], int]:
-    """(format, vertex count, float property names, byte offset of the data)."""
+def read_splat_ply_header(path: str | Path) -> tuple[str, int, list[str], int, str | None]:
+    """(format, vertex count, float property names, byte offset of the data, sds3d axes comment or None)."""
     with open(path, "rb") as f:
         raw = f.read(1 << 16)
     end = raw.find(b"end_header\n")
     if not raw.startswith(b"ply") or end < 0:
         raise SDS3DError(f"{path} is not a .ply file; pass a 3D Gaussian splatting .ply")
     lines = raw[:end].decode("ascii").splitlines()
-    fmt, count, names = "", 0, []
+    fmt, count, names, axes = "", 0, [], None
     for line in lines:
         parts = line.split()
-        if parts[:1] == ["format"]:
+        if parts[:3] == ["comment", "sds3d", "axes"] and len(parts) > 3:
+            axes = parts[3]
+        elif parts[:1] == ["format"]:
             fmt = parts[1]
         elif parts[:2] == ["element", "vertex"]:
             count = int(parts[2])
@@ -238,12 +248,17 @@ def read_splat_ply_header(path: str | Path) -> tuple[str, int, list[str], int]:
             if parts[1] != "float":
                 raise SDS3DError(f"{path}: property {parts[-1]} is {parts[1]}, expected float; pass a standard 3DGS .ply")
             names.append(parts[2])
-    return fmt, count, names, end + len(b"end_header\n")
+    return fmt, count, names, end + len(b"end_header\n"), axes
 
 
-def read_splat_ply(path: str | Path) -> dict[str, Tensor]:
-    """Reload a standard 3DGS .ply into gsplat-named float32 tensors (inverse of :func:`write_splat_ply`)."""
-    fmt, n, names, offset = read_splat_ply_header(path)
+def read_splat_ply(path: str | Path, axes: SplatAxes | None = None) -> dict[str, Tensor]:
+    """Reload a standard 3DGS .ply into gsplat-named float32 tensors in our world axes (inverse of
+    :func:`write_splat_ply`). ``axes``: the file's axes; default: its ``comment sds3d axes`` line,
+    else z-up (files sds3d wrote before it had the option)."""
+    fmt, n, names, offset, file_axes = read_splat_ply_header(path)
+    axes = axes or file_axes or "z-up"  # type: ignore[assignment]
+    if axes not in SPLAT_AXES:
+        raise SDS3DError(f"{path}: unknown axes {axes!r} in its header; pass axes= one of {', '.join(SPLAT_AXES)}")
     if fmt != "binary_little_endian":
         raise SDS3DError(f"{path} is {fmt or 'an unknown format'}; only binary little-endian splat .ply files are read")
     num_rest = sum(name.startswith("f_rest_") for name in names)
@@ -254,7 +269,7 @@ def read_splat_ply(path: str | Path) -> dict[str, Tensor]:
     col = {name: i for i, name in enumerate(names)}
     get = lambda keys: torch.from_numpy(data[:, [col[k] for k in keys]].copy())  # noqa: E731
     k = num_rest // 3
-    return {
+    splats = {
         "means": get(["x", "y", "z"]),
         "scales": get(["scale_0", "scale_1", "scale_2"]),
         "quats": get(["rot_0", "rot_1", "rot_2", "rot_3"]),
@@ -262,3 +277,5 @@ def read_splat_ply(path: str | Path) -> dict[str, Tensor]:
         "sh0": get(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 1, 3),
         "shN": get([f"f_rest_{i}" for i in range(num_rest)]).reshape(n, 3, k).transpose(1, 2).contiguous(),
     }
+    back = rotate_splats(splats, axes_rotation(axes).T)
+    return {key: value.contiguous() for key, value in back.items()}
