@@ -270,8 +270,8 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
         paths=paths,
         num_vertices=len(final.vertices),
         num_faces=len(final.faces),
-        pieces=count_pieces(final),
-        euler=int(final.euler_number),
+        pieces=count_pieces(mesh),  # topology of the surface (a texture splits vertices at UV seams)
+        euler=int(mesh.euler_number),
         threshold=threshold,
         threshold_rule="auto" if cfg.threshold is None else "manual",
         threshold_iou=iou,
