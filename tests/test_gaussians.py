@@ -203,7 +203,7 @@ def test_alpha_entropy_is_scheduled_and_makes_renders_solid() -> None:
     entropy = float((-(a * a.log() + (1 - a) * (1 - a).log())).mean())
     assert float(scene.regularization(out, 0, 11)) == 0.0
     assert float(scene.regularization(out, 5, 11).detach()) == pytest.approx(5.0 * entropy, rel=1e-5)
-    assert float(scene.regularization(out, 10, 11)) == pytest.approx(10.0 * entropy, rel=1e-5)
+    assert float(scene.regularization(out, 10, 11).detach()) == pytest.approx(10.0 * entropy, rel=1e-5)
 
     def mid_fraction(s: GaussianScene) -> float:
         alpha = s.render(CAMS, WHITE).alpha
