@@ -259,7 +259,7 @@ class GaussianScene:
         points = points.to(mu)
         lo = torch.minimum((mu - reach[:, None]).amin(0), points.amin(0))
         hi = torch.maximum((mu + reach[:, None]).amax(0), points.amax(0))
-        cell = max(float((hi - lo).max()) / 64, 2 * float(reach.median()))
+        cell = max(float((hi - lo).max()) / 128, 1.0 * float(reach.median()))
         while float(((2 * reach / cell).floor() + 2).pow(3).sum()) > 2e7:  # bound the (cell, Gaussian) pairs
             cell *= 1.5
         dims = ((hi - lo) / cell).floor().long() + 1
