@@ -10,7 +10,11 @@
 3. Fix winding and normals so every face points out of its component (trimesh
    ``fix_normals``: consistent winding, then outward by the sign of the enclosed volume).
 4. Decimate to the face budget by quadric edge collapse (Garland & Heckbert, "Surface
-   simplification using quadric error metrics", SIGGRAPH 1997; ``fast_simplification``).
+   simplification using quadric error metrics", SIGGRAPH 1997; ``fast_simplification`` at
+   aggressiveness 3, not its default 7, which on the exemplar benchmark's house split 13
+   two-face slivers off a watertight 268k-face surface and left non-manifold edges; same
+   geometric error, 0.0047 mean distance). Slivers that still split off are dropped by a
+   second pass of step 2.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ def fix_orientation(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return out
 
 
+DECIMATION_AGGRESSIVENESS = 3
+"""fast_simplification's ``agg`` (0 = most careful; its default 7 splits slivers off, see step 4)."""
+
+
 def decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:
     """Quadric decimation to at most ``face_budget`` faces (returned unchanged when within it)."""
     if face_budget < 4:
@@ -84,7 +92,8 @@ def decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:
     if len(mesh.faces) <= face_budget:
         return mesh
     verts, faces = fast_simplification.simplify(
-        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32), target_count=face_budget
+        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32),
+        target_count=face_budget, agg=DECIMATION_AGGRESSIVENESS,
     )
     out = trimesh.Trimesh(verts, faces, process=False)
     if len(out.faces) > face_budget:  # the library can stop a few faces short of the target
@@ -109,4 +118,5 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float, face_budget
     out.merge_vertices()
     out.update_faces(out.nondegenerate_faces())
     out.remove_unreferenced_vertices()
+    out = remove_small_components(out, min_component_fraction)  # slivers split off by decimation
     return fix_orientation(out)
