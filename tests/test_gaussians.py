@@ -194,6 +194,35 @@ def test_cuda_scene_matches_torch_backend(exact_float32: None) -> None:
     assert (a.info["radii"].cpu() - b.info["radii"]).abs().max() <= 1
 
 
+def test_opacity_entropy_starts_late_and_makes_each_gaussian_opaque_or_gone() -> None:
+    """The per-Gaussian opacity entropy is off before --gaussians.opacity-entropy-from, then
+    w * mean H(o); minimizing it moves every opacity away from 0.5 (to 0 or 1)."""
+    torch.manual_seed(0)
+    scene = small(opacity_entropy=2.0, opacity_entropy_from=0.5, lr_opacities=0.1).setup(CPU)
+    with torch.no_grad():
+        scene.splats["opacities"].uniform_(-2.0, 2.0)  # opacities 0.12 .. 0.88
+    out = scene.render(CAMS, WHITE)
+    o = torch.sigmoid(scene.splats["opacities"].detach())
+    entropy = float((-(o * o.log() + (1 - o) * (1 - o).log())).mean())
+    assert float(scene.regularization(out, 4, 10)) == 0.0
+    assert float(scene.regularization(out, 5, 10).detach()) == pytest.approx(2.0 * entropy, rel=1e-5)
+
+    def undecided(s: GaussianScene) -> float:
+        op = torch.sigmoid(s.splats["opacities"].detach())
+        return float(((op > 0.1) & (op < 0.9)).float().mean())
+
+    assert undecided(scene) > 0.9
+    for step in range(60):
+        out = scene.render(CAMS, WHITE)
+        scene.regularization(out, 9, 10).backward()
+        for opt in scene.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    assert undecided(scene) < 0.1
+    with pytest.raises(SDS3DError, match="opacity-entropy"):
+        small(opacity_entropy=-1.0)
+
+
 def test_alpha_entropy_is_scheduled_and_makes_renders_solid() -> None:
     """The opacity entropy grows linearly over the run and pushes half-transparent pixels to 0 or 1."""
     torch.manual_seed(0)

@@ -101,6 +101,15 @@ class GaussiansConfig:
     mean binary entropy of the rendered opacity, -(a log a + (1-a) log(1-a)), which pushes every
     pixel to empty or opaque, so the scene ends solid and a mesh can look like it (the NeRF's
     --nerf.sparsity entropy, on Gaussians). EXEMPLAR_GAUSSIANS uses (0, 300)."""
+    opacity_entropy: float = 0.0
+    """Weight of the mean binary entropy of each Gaussian's own opacity, -(o log o + (1-o) log(1-o)),
+    from --gaussians.opacity-entropy-from of the run on (0 = off): every Gaussian ends opaque or
+    gone, so the scene is a surface a mesh can copy (fuzzy SDS scenes are a fog of faint Gaussians:
+    median opacity 0.14 on the exemplar snowman). A trade-off, not a default: on the exemplar
+    benchmark it lifts the mesh's fidelity to its scene and lowers the scene's score against the
+    truth (docs/mesh.md). Applied from the start it collapses the scene."""
+    opacity_entropy_from: float = 0.6
+    """Fraction of the run after which --gaussians.opacity-entropy applies."""
     backend: Backend = "auto"
     """Rasterizer: gsplat's CUDA kernels, the pure-torch path, or auto (gsplat on CUDA)."""
 
@@ -111,6 +120,8 @@ class GaussiansConfig:
             raise SDS3DError("--gaussians.num-init must be >= 1 and at most --gaussians.max-gaussians")
         if not 0 < self.init_opacity < 1 or self.init_scale <= 0 or self.init_radius <= 0:
             raise SDS3DError("--gaussians.init-opacity must be in (0, 1); init-scale and init-radius > 0")
+        if self.opacity_entropy < 0 or not 0.0 <= self.opacity_entropy_from <= 1.0:
+            raise SDS3DError("--gaussians.opacity-entropy must be >= 0 and --gaussians.opacity-entropy-from in [0, 1]")
         if (self.lr_means_final is not None and self.lr_means_final <= 0) or self.lr_means_decay_steps < 1:
             raise SDS3DError("--gaussians.lr-means-final must be > 0 (or None) and --gaussians.lr-means-decay-steps >= 1")
 
@@ -203,7 +214,8 @@ class GaussianScene:
         return RenderOutput(rgb=rgbd[..., :3].clamp(0, 1), alpha=alpha, depth=rgbd[..., 3:4], info=meta)
 
     def regularization(self, out: RenderOutput, step: int, max_steps: int) -> Tensor:
-        """scale_reg * mean largest scale + alpha_entropy (scheduled) * mean entropy of the render opacity."""
+        """scale_reg * mean largest scale + alpha_entropy (scheduled) * mean entropy of the render
+        opacity + opacity_entropy (late in the run) * mean entropy of the Gaussians' opacities."""
         loss = torch.zeros((), device=self.device)
         if self.cfg.scale_reg > 0:
             loss = loss + self.cfg.scale_reg * torch.exp(self.splats["scales"]).amax(-1).mean()
@@ -211,6 +223,8 @@ class GaussianScene:
         w = first + (last - first) * min(step / max(max_steps - 1, 1), 1.0)
         if w > 0:
             loss = loss + w * binary_entropy(out.alpha).mean()
+        if self.cfg.opacity_entropy > 0 and step >= self.cfg.opacity_entropy_from * max_steps:
+            loss = loss + self.cfg.opacity_entropy * binary_entropy(torch.sigmoid(self.splats["opacities"])).mean()
         return loss
 
     # ------------------------------------------------------------------ optimization
