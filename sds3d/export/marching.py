@@ -52,7 +52,7 @@ import trimesh
 from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras, orbit_cameras
-from sds3d.types import Scene, SDS3DError
+from sds3d.types import GridDensity, Scene, SDS3DError
 
 SCENE_LIMIT = 1.25
 """Half-size of the largest box exported (the scene fits the unit sphere; a margin for Gaussians)."""
@@ -115,13 +115,17 @@ def density_grid(
     counts = np.ceil(extent / voxel - 1e-6).astype(int) + 1
     axes = [torch.as_tensor(lo[a] + voxel * np.arange(counts[a]), dtype=torch.float32) for a in range(3)]
     grid = np.zeros(tuple(counts + 2), dtype=np.float32)
-    yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
-    slab = max(1, chunk // len(yz))
-    for i0 in range(0, counts[0], slab):
-        xs = axes[0][i0 : i0 + slab]
-        pts = torch.cat([xs.repeat_interleave(len(yz))[:, None], yz.repeat(len(xs), 1)], dim=1)
-        vals = torch.cat([scene.density(p.to(device)).float().cpu() for p in pts.split(chunk)])
-        grid[1 + i0 : 1 + i0 + len(xs), 1:-1, 1:-1] = vals.reshape(len(xs), counts[1], counts[2]).numpy()
+    if isinstance(scene, GridDensity):  # 3D Gaussians: each one splatted onto the nodes near it
+        origin = torch.as_tensor(lo, dtype=torch.float32, device=device)
+        grid[1:-1, 1:-1, 1:-1] = scene.density_on_grid(origin, voxel, tuple(int(c) for c in counts)).float().cpu().numpy()
+    else:
+        yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
+        slab = max(1, chunk // len(yz))
+        for i0 in range(0, counts[0], slab):
+            xs = axes[0][i0 : i0 + slab]
+            pts = torch.cat([xs.repeat_interleave(len(yz))[:, None], yz.repeat(len(xs), 1)], dim=1)
+            vals = torch.cat([scene.density(p.to(device)).float().cpu() for p in pts.split(chunk)])
+            grid[1 + i0 : 1 + i0 + len(xs), 1:-1, 1:-1] = vals.reshape(len(xs), counts[1], counts[2]).numpy()
     if not np.isfinite(grid).all():
         raise SDS3DError("the scene density has NaN/Inf values; the checkpoint is broken, re-run training")
     return np.maximum(grid, 0.0), lo - voxel, voxel
@@ -257,12 +261,16 @@ def close_gaps(grid: np.ndarray, threshold: float, radius_voxels: float) -> np.n
     at least ``1.5 * threshold``; ``radius_voxels <= 0`` fills enclosed cavities only."""
     occupied = grid > threshold
     closed = occupied
-    if radius_voxels > 0:
+    if radius_voxels > 0 and occupied.any():
+        # Only the occupancy's bounding box: the distance transforms dominate the export's time.
+        box = tuple(slice(int(np.flatnonzero(occupied.any(axis=other)).min()), int(np.flatnonzero(occupied.any(axis=other)).max()) + 1)
+                    for other in ((1, 2), (0, 2), (0, 1)))
         pad = int(math.ceil(radius_voxels)) + 1
-        padded = np.pad(occupied, pad)
+        padded = np.pad(occupied[box], pad)
         dilated = ndimage.distance_transform_edt(~padded) <= radius_voxels
         eroded = ndimage.distance_transform_edt(dilated) > radius_voxels
-        closed = occupied | eroded[pad:-pad, pad:-pad, pad:-pad]
+        closed = occupied.copy()
+        closed[box] |= eroded[pad:-pad, pad:-pad, pad:-pad]
     closed = ndimage.binary_fill_holes(closed)
     added = closed & ~occupied
     if not added.any():
