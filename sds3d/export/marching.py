@@ -31,11 +31,12 @@ Closing gaps (:func:`close_gaps`, ``--export.close-radius r``): the SDS scenes a
 the level set of their density is porous (tunnels between neighbouring Gaussians, pinholes, a
 gap at a neck) even where the renders look solid. Before marching cubes, the occupancy
 ``O = {density > tau}`` gets a morphological closing with a ball of radius ``r`` (dilate by
-``r``, then erode by ``r``, both through Euclidean distance transforms) and its enclosed
-cavities are filled; voxels that this adds are raised to ``1.5 tau``. Closing only adds space
-that a ball of radius ``r`` cannot enter from outside (gaps, tunnels and dents narrower than
-``2r``), so the silhouette and every concavity wider than that stay as they were, and where
-nothing is added the surface keeps its sub-voxel position from the density.
+``r``, then erode by ``r``, both through exact squared Euclidean distance transforms of the
+``edt`` package, on the occupancy's bounding box) and its enclosed cavities are filled; voxels
+that this adds are raised to ``1.5 tau``. Closing only adds space that a ball of radius ``r``
+cannot enter from outside (gaps, tunnels and dents narrower than ``2r``), so the silhouette and
+every concavity wider than that stay as they were, and where nothing is added the surface keeps
+its sub-voxel position from the density.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import edt
 import mcubes
 import numpy as np
 from scipy import ndimage
@@ -267,8 +269,11 @@ def close_gaps(grid: np.ndarray, threshold: float, radius_voxels: float) -> np.n
                     for other in ((1, 2), (0, 2), (0, 1)))
         pad = int(math.ceil(radius_voxels)) + 1
         padded = np.pad(occupied[box], pad)
-        dilated = ndimage.distance_transform_edt(~padded) <= radius_voxels
-        eroded = ndimage.distance_transform_edt(dilated) > radius_voxels
+        r2, threads = radius_voxels * radius_voxels, max(1, torch.get_num_threads())
+        # Squared Euclidean distances to the nearest empty voxel (exact integers; the edt
+        # package is ~10x faster than scipy.ndimage.distance_transform_edt on 256^3 grids).
+        dilated = edt.edtsq(~padded, parallel=threads) <= r2
+        eroded = edt.edtsq(dilated, parallel=threads) > r2
         closed = occupied.copy()
         closed[box] |= eroded[pad:-pad, pad:-pad, pad:-pad]
     closed = ndimage.binary_fill_holes(closed)
