@@ -206,6 +206,25 @@ def test_config_errors() -> None:
         GaussiansConfig(sh_degree=4)
     with pytest.raises(SDS3DError, match="max-gaussians"):
         GaussiansConfig(num_init=10, max_gaussians=5)
+    with pytest.raises(SDS3DError, match="init-color-spread"):
+        GaussiansConfig(init_color_spread=1.5)
+
+
+def test_init_color_spread() -> None:
+    """Spread 1: random colours over [0, 1] (the default, unchanged RNG use); 0: all mid grey;
+    0.2: within 0.5 +- 0.1. Positions do not depend on it."""
+    colours = {}
+    for spread in (1.0, 0.2, 0.0):
+        torch.manual_seed(3)
+        scene = small(num_init=500, init_color_spread=spread).setup(CPU)
+        colours[spread] = 0.5 + SH_C0 * scene.splats["sh0"].detach()[:, 0]
+        means = scene.splats["means"].detach()
+        if spread == 1.0:
+            first_means = means
+        assert torch.equal(means, first_means)
+    assert colours[1.0].min() < 0.02 and colours[1.0].max() > 0.98
+    assert torch.allclose(colours[0.0], torch.full_like(colours[0.0], 0.5), atol=1e-6)
+    assert (colours[0.2] - 0.5).abs().max() <= 0.1 + 1e-6 and (colours[0.2] - 0.5).abs().max() > 0.09
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat kernels)")

@@ -50,6 +50,10 @@ class GaussiansConfig:
     """Spherical-harmonics degree of the colours (0 = view-independent RGB; at most 3)."""
     init_opacity: float = 0.1
     """Opacity of new Gaussians (after the sigmoid)."""
+    init_color_spread: float = 1.0
+    """Initial colours are uniform in 0.5 +- spread/2 per channel: 1 = random in [0, 1]
+    (GaussianDreamer-style), 0 = all mid grey (DreamGaussian starts near grey). With
+    --gaussians.opacity-entropy, 0 gives meshes closer to the scene (docs/mesh.md)."""
     init_scale: float = 0.025
     """Standard deviation of new Gaussians along each axis (world units, after exp)."""
     lr_means: float = 1e-3
@@ -119,6 +123,8 @@ class GaussiansConfig:
             raise SDS3DError(f"--gaussians.sh-degree {self.sh_degree}: use 0, 1, 2 or 3")
         if self.num_init < 1 or self.max_gaussians < self.num_init:
             raise SDS3DError("--gaussians.num-init must be >= 1 and at most --gaussians.max-gaussians")
+        if not 0.0 <= self.init_color_spread <= 1.0:
+            raise SDS3DError(f"--gaussians.init-color-spread {self.init_color_spread}: use a value in [0, 1]")
         if not 0 < self.init_opacity < 1 or self.init_scale <= 0 or self.init_radius <= 0:
             raise SDS3DError("--gaussians.init-opacity must be in (0, 1); init-scale and init-radius > 0")
         if self.opacity_entropy < 0 or not 0.0 <= self.opacity_entropy_from <= 1.0:
@@ -166,6 +172,8 @@ def init_splats(cfg: GaussiansConfig, device: torch.device) -> dict[str, Tensor]
     dirs = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
     means = dirs * cfg.init_radius * torch.rand(n, 1) ** (1 / 3)
     rgb = torch.rand(n, 3)
+    if cfg.init_color_spread != 1.0:
+        rgb = 0.5 + cfg.init_color_spread * (rgb - 0.5)
     k = (cfg.sh_degree + 1) ** 2 - 1
     splats = {
         "means": means,
