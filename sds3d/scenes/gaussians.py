@@ -354,6 +354,9 @@ class GaussianScene:
         half = torch.ceil(reach / voxel).long()
         centre = torch.round((mu - origin) / voxel).long()
         stride = torch.tensor([counts[1] * counts[2], counts[2], 1], device=mu.device)
+        X = lambda v: v[:, :, None, None]  # noqa: E731  [G,B] per-axis values -> [G,B,B,B] along x
+        Y = lambda v: v[:, None, :, None]  # noqa: E731
+        Z = lambda v: v[:, None, None, :]  # noqa: E731
         for b in torch.unique(half).tolist():
             ids = torch.nonzero(half == b).flatten()
             offsets = torch.arange(-b, b + 1, device=mu.device)
@@ -363,9 +366,6 @@ class GaussianScene:
                 d = origin[None, :, None] + voxel * nodes - mu[g][:, :, None]  # [G,3,B] offsets from the centre
                 dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
                 q = prec[g]
-                X = lambda v: v[:, :, None, None]  # noqa: E731  [G,B] -> along x
-                Y = lambda v: v[:, None, :, None]  # noqa: E731
-                Z = lambda v: v[:, None, None, :]  # noqa: E731
                 m2 = (X(q[:, 0, None] * dx * dx) + Y(q[:, 1, None] * dy * dy) + Z(q[:, 2, None] * dz * dz)
                       + X(q[:, 3, None] * dx) * Y(dy) + X(q[:, 4, None] * dx) * Z(dz) + Y(q[:, 5, None] * dy) * Z(dz))
                 inside = (nodes >= 0) & (nodes < dims[None, :, None])
