@@ -97,17 +97,6 @@ class Guidance(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-@runtime_checkable
-class GridDensity(Protocol):
-    """A scene that can fill a whole density grid faster than point by point (3D Gaussians:
-    each one splatted onto the nodes near it); the mesh export uses it when present."""
-
-    def density_on_grid(self, origin: Tensor, voxel: float, counts: tuple[int, int, int]) -> Tensor:
-        """Density at the nodes ``origin + voxel * (i, j, k)``, ``0 <= i < counts[0]`` ... ->
-        [nx, ny, nz]; the same values as ``density`` at those points."""
-        ...
-
-
 # ----------------------------------------------------------------------------- scenes
 
 

@@ -115,12 +115,12 @@ def density_grid(
     extent = np.maximum(hi - lo, 1e-6)
     voxel = float(extent.max() / (resolution - 1))
     counts = np.ceil(extent / voxel - 1e-6).astype(int) + 1
-    axes = [torch.as_tensor(lo[a] + voxel * np.arange(counts[a]), dtype=torch.float32) for a in range(3)]
     grid = np.zeros(tuple(counts + 2), dtype=np.float32)
     if isinstance(scene, GridDensity):  # 3D Gaussians: each one splatted onto the nodes near it
         origin = torch.as_tensor(lo, dtype=torch.float32, device=device)
         grid[1:-1, 1:-1, 1:-1] = scene.density_on_grid(origin, voxel, tuple(int(c) for c in counts)).float().cpu().numpy()
     else:
+        axes = [torch.as_tensor(lo[a] + voxel * np.arange(counts[a]), dtype=torch.float32) for a in range(3)]
         yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
         slab = max(1, chunk // len(yz))
         for i0 in range(0, counts[0], slab):
@@ -265,8 +265,8 @@ def close_gaps(grid: np.ndarray, threshold: float, radius_voxels: float) -> np.n
     closed = occupied
     if radius_voxels > 0 and occupied.any():
         # Only the occupancy's bounding box: the distance transforms dominate the export's time.
-        box = tuple(slice(int(np.flatnonzero(occupied.any(axis=other)).min()), int(np.flatnonzero(occupied.any(axis=other)).max()) + 1)
-                    for other in ((1, 2), (0, 2), (0, 1)))
+        used = [np.flatnonzero(occupied.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+        box = tuple(slice(int(u[0]), int(u[-1]) + 1) for u in used)
         pad = int(math.ceil(radius_voxels)) + 1
         padded = np.pad(occupied[box], pad)
         r2, threads = radius_voxels * radius_voxels, max(1, torch.get_num_threads())
