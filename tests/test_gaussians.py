@@ -141,12 +141,17 @@ def manual_scene() -> GaussianScene:
     return GaussianScene(cfg, CPU, splats)
 
 
-def brute_force_density(scene: GaussianScene, pts: torch.Tensor) -> torch.Tensor:
+def squared_mahalanobis(scene: GaussianScene, pts: torch.Tensor) -> torch.Tensor:
+    """[P,N] squared distance of every point to every Gaussian, in units of its sigmas."""
     s = scene.splats
     rot, scales = quat_to_rotmat(s["quats"].detach()), torch.exp(s["scales"].detach())
     d = torch.einsum("pnj,nji->pni", pts[:, None] - s["means"].detach()[None], rot) / scales[None]
-    m2 = d.square().sum(-1)
-    w = torch.sigmoid(s["opacities"].detach())[None] * torch.exp(-0.5 * m2) * (m2 <= 9)
+    return d.square().sum(-1)
+
+
+def brute_force_density(scene: GaussianScene, pts: torch.Tensor) -> torch.Tensor:
+    m2 = squared_mahalanobis(scene, pts)
+    w = torch.sigmoid(scene.splats["opacities"].detach())[None] * torch.exp(-0.5 * m2) * (m2 <= 9)
     return w.sum(-1)
 
 
@@ -190,10 +195,7 @@ def test_density_on_grid_matches_point_queries() -> None:
     dense = brute_force_density(scene, nodes)
     assert grid.shape == counts and (dense > 0.1).float().mean() > 0.05
     # Nodes within float rounding of some Gaussian's 3-sigma cut (m2 = 9) may differ by its 1% tail.
-    s = scene.splats
-    rot, scales = quat_to_rotmat(s["quats"].detach()), torch.exp(s["scales"].detach())
-    m2 = (torch.einsum("pnj,nji->pni", nodes[:, None] - s["means"].detach()[None], rot) / scales[None]).square().sum(-1)
-    exact = ((m2 - 9).abs() > 1e-3).all(-1)
+    exact = ((squared_mahalanobis(scene, nodes) - 9).abs() > 1e-3).all(-1)
     assert exact.float().mean() > 0.99
     assert torch.allclose(grid.reshape(-1)[exact], dense[exact], atol=1e-5)
     assert torch.allclose(grid.reshape(-1), dense, atol=0.02)
