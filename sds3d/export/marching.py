@@ -63,6 +63,9 @@ THRESHOLD_RESOLUTION = 96
 THRESHOLD_CANDIDATES = 96
 PLATEAU_TOLERANCE = 0.002
 """Levels whose IoU is within this of the best one count as the same silhouette."""
+MARCH_STEP = 1.0
+"""Ray-marching step through the grid, in voxels. On a 256^3 grid of a 30-step tiny-SD fog at
+256 px, half-voxel steps gave the same level (0.194065, relative change < 1e-6) in 1.6x the time."""
 
 
 def scene_bounds(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +148,7 @@ def threshold_cameras(cameras_cfg: CameraConfig, n: int = THRESHOLD_VIEWS, resol
 def ray_march_grid(
     grid: np.ndarray, origin: np.ndarray, voxel: float, cameras: Cameras, device: torch.device | str = "cpu", chunk: int = 1 << 22
 ) -> tuple[Tensor, Tensor]:
-    """March every camera ray through the trilinearly interpolated grid (half-voxel steps).
+    """March every camera ray through the trilinearly interpolated grid (``MARCH_STEP`` voxels a step).
 
     Returns ``(max density, volume-rendering opacity 1 - exp(-sum sigma ds))``, both [B,H,W];
     the opacity is what a NeRF whose density is the grid renders.
@@ -162,14 +165,17 @@ def ray_march_grid(
     near = torch.minimum(t0, t1).amax(-1).clamp_min(0.0)
     far = torch.maximum(t0, t1).amin(-1)
     hit = torch.nonzero(far > near)[:, 0]
-    steps = int(math.ceil(float(size.norm()) / (0.5 * voxel))) + 1
-    s = torch.linspace(0.0, 1.0, steps, device=device)
+    hit = hit[torch.argsort(far[hit] - near[hit])]  # short chords first: each chunk takes the steps its longest chord needs
+    step = MARCH_STEP * voxel
+    max_steps = int(math.ceil(float(size.norm()) / step)) + 1
     o_n, d_n = (2.0 * (o[hit] - lo) / size - 1.0).to(device), (2.0 * d[hit] / size).to(device)  # grid_sample's [-1,1] box
     near, span = near[hit].to(device), (far[hit] - near[hit]).to(device)
     out, opacity = torch.zeros(len(o)), torch.zeros(len(o))
-    rays_per_chunk = max(1, chunk // steps)
+    rays_per_chunk = max(1, chunk // max_steps)
     for r in range(0, len(hit), rays_per_chunk):
         sl = slice(r, r + rays_per_chunk)
+        steps = min(max_steps, max(2, int(math.ceil(float(span[sl].max()) / step)) + 1))
+        s = torch.linspace(0.0, 1.0, steps, device=device)
         t = near[sl, None] + span[sl, None] * s[None]
         coords = torch.addcmul(o_n[sl, None], t[..., None], d_n[sl, None])
         vals = F.grid_sample(vol, coords[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
