@@ -33,29 +33,10 @@ def count_pieces(mesh: trimesh.Trimesh) -> int:
     return int(trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces)).max()) + 1
 
 
-def remove_small_components(mesh: trimesh.Trimesh, min_component_fraction: float) -> trimesh.Trimesh:
-    """Keep components with >= ``min_component_fraction`` x the faces of the largest one."""
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
-    counts = np.bincount(labels)
-    keep_labels = np.flatnonzero(counts >= min_component_fraction * counts.max())
-    keep = np.isin(labels, keep_labels)
-    if keep.all():
-        return mesh
-    out = mesh.copy()
-    out.update_faces(keep)
-    out.remove_unreferenced_vertices()
-    return out
-
-
-def remove_enclosed_components(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """Drop components that lie wholly inside another, watertight component (hidden from every view)."""
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
-    if labels.max() == 0:
-        return mesh
-    faces_of = [np.flatnonzero(labels == k) for k in range(labels.max() + 1)]
-    parts = [mesh.submesh([f], append=True) for f in faces_of]
-    order = sorted(range(len(parts)), key=lambda k: -len(faces_of[k]))
+def _enclosed(parts: list[trimesh.Trimesh]) -> set[int]:
+    """Indices of ``parts`` (largest first) wholly inside another, watertight part."""
     hidden: set[int] = set()
+    order = range(len(parts))
     for i, outer in enumerate(order):
         if outer in hidden or not parts[outer].is_watertight:
             continue
@@ -66,10 +47,24 @@ def remove_enclosed_components(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
             b = parts[inner].bounds
             if (b[0] >= lo).all() and (b[1] <= hi).all() and parts[outer].contains(parts[inner].vertices).all():
                 hidden.add(inner)
-    if not hidden:
+    return hidden
+
+
+def remove_components(mesh: trimesh.Trimesh, min_component_fraction: float, enclosed: bool = True) -> trimesh.Trimesh:
+    """Drop components with fewer than ``min_component_fraction`` x the faces of the largest one
+    and, with ``enclosed``, those wholly inside another, watertight component (hidden from every
+    view). One connected-components pass serves both rules (face adjacency is the costly part)."""
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    counts = np.bincount(labels)
+    drop = set(np.flatnonzero(counts < min_component_fraction * counts.max()).tolist())
+    kept = [k for k in np.argsort(-counts, kind="stable").tolist() if k not in drop]
+    if enclosed and len(kept) > 1:
+        parts = [mesh.submesh([np.flatnonzero(labels == k)], append=True) for k in kept]
+        drop |= {kept[i] for i in _enclosed(parts)}
+    if not drop:
         return mesh
     out = mesh.copy()
-    out.update_faces(~np.isin(labels, sorted(hidden)))
+    out.update_faces(~np.isin(labels, sorted(drop)))
     out.remove_unreferenced_vertices()
     return out
 
@@ -114,11 +109,10 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float, face_budget
     out.remove_unreferenced_vertices()
     if len(out.faces) == 0:
         raise SDS3DError("the extracted mesh is empty after cleanup; lower --export.threshold or leave it automatic")
-    out = remove_small_components(out, min_component_fraction)
-    out = remove_enclosed_components(out)
+    out = remove_components(out, min_component_fraction)
     out = decimate(out, face_budget)
     out.merge_vertices()
     out.update_faces(out.nondegenerate_faces())
     out.remove_unreferenced_vertices()
-    out = remove_small_components(out, min_component_fraction)  # slivers split off by decimation
+    out = remove_components(out, min_component_fraction, enclosed=False)  # slivers split off by decimation
     return fix_orientation(out)
