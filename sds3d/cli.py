@@ -66,7 +66,7 @@ class Export:
     """Bake a UV texture with xatlas instead of vertex colours (default: the run's setting)."""
     refine_steps: int | None = None
     """Refine-stage steps fitting the mesh colours to the scene's renders; 0 skips it (default:
-    the run's --export.refine-steps, 200 for runs saved before it existed)."""
+    the run's --export.refine-steps; the default, 100, for runs saved before that option existed)."""
     device: str | None = None
     """Device to load the scene on (default: the run's)."""
 
