@@ -4,7 +4,7 @@ One step (DESIGN.md):
 
     cams = sample_cameras(...)                 # random orbit views (groups of 4 for MV priors)
     out = scene.render(cams, background)
-    g = guidance(out.rgb, cams, step, steps)   # loss whose gradient w.r.t. x is g / B
+    g = guidance(out.rgb, cams, step, steps, background)  # loss whose gradient w.r.t. x is g / B
     (g.loss + scene.regularization(out)).backward(); scene.optimizer_step(step, out)
 
 Run folder ``OUTPUT_DIR/<slug>-<YYYYmmdd-HHMMSS>/``: config.json, metrics.jsonl, previews/,
@@ -262,7 +262,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
             background = training_background(cfg, cfg.batch_size, device, cam_gen)
             out = scene.render(cams, background)
             scene.pre_backward(step, out)
-            g = guidance(out.rgb, cams, step, cfg.steps)
+            g = guidance(out.rgb, cams, step, cfg.steps, background)
             loss = g.loss + scene.regularization(out, step, cfg.steps)
             loss.backward()
             scene.optimizer_step(step, out)

@@ -4,7 +4,7 @@ The training step (see DESIGN.md) only talks to these:
 
     cams = sampler.sample(batch)                       # cameras.Cameras
     out = scene.render(cams, background)               # RenderOutput, rgb [B,H,W,3] in [0,1]
-    g = guidance(out.rgb, cams, step, max_steps)       # GuidanceOutput; encodes with its prior
+    g = guidance(out.rgb, cams, step, max_steps, background)  # GuidanceOutput; its prior encodes
     loss = g.loss + scene.regularization(out, step)
     scene.pre_backward(step, out); loss.backward(); scene.optimizer_step(step, out)
 
@@ -60,12 +60,16 @@ class Prior(Protocol):
         ...
 
     def predict_noise(
-        self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None
+        self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None,
+        background: Tensor | None = None,
     ) -> Tensor:
         """Noise predictions eps(x_t; c_k) for every conditioning, in ONE batched model call.
 
         x_t [B,C,h,w], t [B] long. Returns [K,B,C,h,w] float32 (K = len(conditions)), always
         as epsilon (the prior converts v-/sample-prediction). No gradient flows to x_t.
+        ``background`` [B,3] in [0,1]: what the renders were composited on. A prior whose data
+        are images with known coverage (the exemplar prior) composites them on it; priors that
+        score the image as it is (Stable Diffusion, MVDream) ignore it.
         """
         ...
 
@@ -85,9 +89,10 @@ class Guidance(Protocol):
     """A score-distillation method. Encodes renders with its own prior(s)."""
 
     def __call__(
-        self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int
+        self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None
     ) -> GuidanceOutput:
-        """rgb [B,H,W,3] in [0,1] (differentiable) -> loss whose gradient is the method's g."""
+        """rgb [B,H,W,3] in [0,1] (differentiable), rendered over ``background`` [B,3] -> loss
+        whose gradient is the method's g."""
         ...
 
     def state_dict(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class StubPrior:
         self.prompts.append(list(prompts))
         return torch.tensor([float(len(p)) for p in prompts])
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None, background: Tensor | None = None) -> Tensor:
         self.calls.append(dict(x_t=x_t.clone(), t=t.clone(), cameras=cameras))
         return torch.stack([0.1 * x_t + 0.01 * c.view(-1, 1, 1, 1) for c in conditions])
 

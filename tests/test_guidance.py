@@ -76,7 +76,7 @@ class StubPrior:
         gen = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
         return torch.randn(C, H, W, generator=gen)
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None, background: Tensor | None = None) -> Tensor:
         self.calls.append({"k": len(conditions), "b": x_t.shape[0], "x_t": x_t.detach().clone(), "t": t.clone(), "prompts": [list(c) for c in conditions]})
         return torch.stack([torch.stack([self.pred(p) for p in c]) for c in conditions])
 

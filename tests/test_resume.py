@@ -161,8 +161,8 @@ def nan_at_step(monkeypatch, k: int) -> None:
         guidance = real(*args, **kwargs)
 
         class NaNAfter:
-            def __call__(self, rgb, cameras, step, max_steps):
-                out = guidance(rgb, cameras, step, max_steps)
+            def __call__(self, rgb, cameras, step, max_steps, background=None):
+                out = guidance(rgb, cameras, step, max_steps, background)
                 return GuidanceOutput(out.loss * float("nan"), out.t, out.logs) if step >= k else out
 
             def __getattr__(self, name):

@@ -92,7 +92,7 @@ class TinyUnetPrior:
         return self.unet(x_t, t, encoder_hidden_states=embeddings, class_labels=class_labels).sample.float()
 
     @torch.no_grad()
-    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None, background: Tensor | None = None) -> Tensor:
         k, b = len(conditions), x_t.shape[0]
         self.predict_calls.append({"k": k, "b": b, "x_t": x_t.clone(), "t": t.clone()})
         x_in, t_in = x_t.repeat(k, 1, 1, 1), t.repeat(k)
@@ -112,7 +112,7 @@ class PixelPrior(TinyUnetPrior):
         raise AssertionError("the particle path must not call the prior's UNet")
 
     @torch.no_grad()
-    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None, background: Tensor | None = None) -> Tensor:
         self.predict_calls.append({"k": len(conditions), "b": x_t.shape[0], "x_t": x_t.clone(), "t": t.clone()})
         return torch.stack([0.1 * x_t + c.mean() for c in conditions])
 

@@ -5,7 +5,7 @@ For each guidance method x scene type, the benchmark builds the real pieces (sce
 random weights of the published SD-2.1-base architecture, :mod:`sds3d.priors.archs`) and times
 exactly the step of :mod:`sds3d.train`:
 
-    render (+ pre_backward) -> guidance(rgb, cams, step, steps) + regularization -> backward
+    render (+ pre_backward) -> guidance(rgb, cams, step, steps, background) + regularization -> backward
     -> scene.optimizer_step
 
 Reported per row, after ``warmup`` steps, as the median of ``iters`` steps:
@@ -177,7 +177,7 @@ class Step:
         with timer.phase("render"):
             out = self.scene.render(cams, background)
             self.scene.pre_backward(step, out)
-        g = self.guidance(out.rgb, cams, step, cfg.steps)
+        g = self.guidance(out.rgb, cams, step, cfg.steps, background)
         loss = g.loss + self.scene.regularization(out, step, cfg.steps)
         with timer.phase("backward"):
             loss.backward()

@@ -192,7 +192,7 @@ def progress(step: int, max_steps: int) -> float:
 
 def noised_predictions(
     prior: Any, rgb: Tensor, step: int, max_steps: int, timesteps: TimestepConfig,
-    prompt_lists: Sequence[Sequence[str]], cameras: Any,
+    prompt_lists: Sequence[Sequence[str]], cameras: Any, background: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The shared start of SDS/NFSD/CSD: encode the renders, draw t and eps, noise, and get the
     predictions for every prompt list in ONE ``prior.predict_noise`` call.
@@ -203,5 +203,5 @@ def noised_predictions(
     t = sample_timesteps(timesteps, x.shape[0], step, max_steps, prior.num_train_timesteps, x.device)
     eps = torch.randn_like(x)
     x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
-    e = prior.predict_noise(x_t, t, [prior.condition(p) for p in prompt_lists], cameras)
+    e = prior.predict_noise(x_t, t, [prior.condition(p) for p in prompt_lists], cameras, background)
     return x, t, eps, e

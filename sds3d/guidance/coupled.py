@@ -97,14 +97,15 @@ class Coupled:
         self.two_d: Guidance = cfg.two_d_config().setup(prior_2d, prompts)
         self.mv: MVSDS = cfg.mv_config().setup(prior_mv, prompts)
 
-    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         b = len(cameras)
         if b % self.views != 0:
             raise SDS3DError(f"coupled guidance renders groups of {self.views} views (batch {b}): use --batch-size 4, 8, ...")
         first = list(range(0, b, self.views))  # view 0 of every group
         dev_2d = self.prior_2d.device
-        out_2d = self.two_d(rgb[first].to(dev_2d), cameras[first].to(dev_2d), step, max_steps)
-        out_mv = self.mv(rgb, cameras, step, max_steps)
+        bg_2d = None if background is None else background[first].to(dev_2d)
+        out_2d = self.two_d(rgb[first].to(dev_2d), cameras[first].to(dev_2d), step, max_steps, bg_2d)
+        out_mv = self.mv(rgb, cameras, step, max_steps, background)
         loss_2d, loss_mv = out_2d.loss.to(rgb.device), out_mv.loss.to(rgb.device)
         logs: dict[str, float | Tensor] = {f"2d/{k}": v for k, v in out_2d.logs.items()}
         logs.update({f"mv/{k}": v for k, v in out_mv.logs.items()})

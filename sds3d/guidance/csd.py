@@ -105,13 +105,13 @@ class CSDGuidance:
         self.prompts = prompts
         self.perp_neg = check_perp_neg(prompts)
 
-    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         b = len(cameras)
         prompt_lists = [self.prompts.for_cameras(cameras), self.prompts.negatives(b), self.prompts.empties(b)]
         if self.perp_neg:
             prompt_lists += perp_neg_prompts(self.prompts, b)
-        x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras)
+        x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras, background)
         e_y, e_neg, e_0 = e[0], e[1], e[2]
         a_y, a_neg, a_0 = cfg.coefficients(step, max_steps)
         score = a_y * e_y + a_neg * e_neg + a_0 * e_0

@@ -106,7 +106,7 @@ class MVSDS:
         self.prior = prior
         self.prompts = prompts
 
-    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         rgb, cameras = rgb.to(prior.device), cameras.to(prior.device)
         x = prior.encode_images(rgb)
@@ -116,7 +116,7 @@ class MVSDS:
         x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
         uncond = self.prompts.negatives(b) if self.prompts.negative else self.prompts.empties(b)
         conds: list[Any] = [prior.condition([self.prompts.prompt] * b), prior.condition(uncond)]
-        e = prior.predict_noise(x_t, t, conds, cameras)
+        e = prior.predict_noise(x_t, t, conds, cameras, background)
         e_cfg = e[1] + cfg.guidance_scale * (e[0] - e[1])
         if cfg.x0_loss:
             g = x.detach() - x0_target(x_t, t, e_cfg, e[0], prior.alphas_cumprod, cfg.cfg_rescale, prior.num_views)

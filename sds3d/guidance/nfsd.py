@@ -63,13 +63,13 @@ class NFSDGuidance:
         self.prompts = prompts
         self.perp_neg = check_perp_neg(prompts)
 
-    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         b = len(cameras)
         prompt_lists = [self.prompts.for_cameras(cameras), self.prompts.empties(b), self.prompts.negatives(b)]
         if self.perp_neg:
             prompt_lists += perp_neg_prompts(self.prompts, b)
-        x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras)
+        x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras, background)
         e_y, e_0, e_neg = e[0], e[1], e[2]
         direction = e_y - e_0
         if self.perp_neg:

@@ -69,13 +69,13 @@ class SDSGuidance:
     def unconditional_prompts(self, n: int) -> list[str]:
         return self.prompts.negatives(n) if self.prompts.negative else self.prompts.empties(n)
 
-    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         b = len(cameras)
         prompt_lists = [self.prompts.for_cameras(cameras), self.unconditional_prompts(b)]
         if self.perp_neg:
             prompt_lists += perp_neg_prompts(self.prompts, b)
-        x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras)
+        x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras, background)
         e_y, e_u = e[0], e[1]
         delta = e_y - e_u
         if self.perp_neg:

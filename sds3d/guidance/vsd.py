@@ -218,7 +218,7 @@ class VSDGuidance:
     def unconditional_prompts(self, n: int) -> list[str]:
         return self.prompts.negatives(n) if self.prompts.negative else self.prompts.empties(n)
 
-    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int) -> GuidanceOutput:
+    def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         x = prior.encode_images(rgb)
         b = x.shape[0]
@@ -230,7 +230,7 @@ class VSDGuidance:
         conds: list[Any] = [cond, prior.condition(self.unconditional_prompts(b))]
         if self.perp_neg:
             conds += [prior.condition(p) for p in perp_neg_prompts(self.prompts, b)]
-        e = prior.predict_noise(x_t, t, conds, cameras)
+        e = prior.predict_noise(x_t, t, conds, cameras, background)
         e_y, e_u = e[0], e[1]
         delta = e_y - e_u
         if self.perp_neg:

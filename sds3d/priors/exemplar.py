@@ -35,6 +35,17 @@ views; every group also enters in its 4 cyclic view orders), with log-weights
 
 so the chosen groups' views line up with the requested cameras. The group's object set comes
 from the first view's prompt; view suffixes are ignored (the cameras do that job).
+
+Backgrounds (``predict_noise(..., background=b)``, [B,3] in [0,1]): the library is rendered
+on white with its coverage ``alpha``, so the image of ``y_i`` on the render's own background is
+``y_i(b) = y_i + (b - 1) cover_i`` per channel, ``cover_i = 2 (1 - alpha_i)``. The logits then
+need ``x . y_i(b) = x . y_i + sum_c (b_c - 1) x_c . cover_i`` (one more matmul, over the pixels
+of each channel) and ``|y_i(b)|^2 = |y_i|^2 + 2 sum_c (b_c - 1) y_ic . cover_i + |b - 1|^2
+|cover_i|^2`` (precomputed per image), and the posterior mean adds ``(b - 1) sum_i w_i cover_i``.
+On white alone, white Gaussians cost the guidance nothing: empty space fills with white fog
+(under a chair's seat, between a table's legs) and white surfaces can stay half transparent,
+and both end up in the mesh. Training on random backgrounds (``--background random``) makes
+every colour visible.
 """
 
 from __future__ import annotations
@@ -121,6 +132,11 @@ class ExemplarPrior:
         n_obj, G, V = lib.images.shape[:3]
         self.images = lib.images.reshape(n_obj * G * V, -1).to(self.device)  # [M, D], object-major
         self.sq_norms = (self.images.double() ** 2).sum(-1).float()  # [M]
+        # On a background b the image is y + (b - 1) * cover (per channel), cover = 2 (1 - alpha).
+        self.cover = (2.0 * (1.0 - lib.alpha)).reshape(n_obj * G * V, -1).to(self.device)  # [M, R*R]
+        M, P = self.cover.shape
+        self.image_cover = (self.images.reshape(M, 3, P).double() * self.cover[:, None].double()).sum(-1).float()  # [M,3]
+        self.cover_sq = (self.cover.double() ** 2).sum(-1).float()  # [M]
         self.object_id = torch.arange(n_obj).repeat_interleave(G * V).to(self.device)  # [M]
         el, az = lib.elevation.reshape(-1), lib.azimuth.reshape(-1)  # [G*V]
         buckets = torch.tensor([VIEW_NAMES.index(b) for b in view_buckets(el, az)])
@@ -190,22 +206,36 @@ class ExemplarPrior:
     # ------------------------------------------------------------------ denoiser
 
     @torch.no_grad()
-    def predict_noise(self, x_t: Tensor, t: Tensor, conditions: Sequence[list[ExemplarCondition]], cameras: Cameras | None = None) -> Tensor:
+    def predict_noise(
+        self, x_t: Tensor, t: Tensor, conditions: Sequence[list[ExemplarCondition]], cameras: Cameras | None = None,
+        background: Tensor | None = None,
+    ) -> Tensor:
         x_t = x_t.detach().to(self.device, torch.float32)
         B = x_t.shape[0]
         ab = self.alphas_cumprod[t.to(self.device)].view(B, 1)
+        shift = None  # b - 1 per sample and channel; None: the library's own white
+        if background is not None and not bool((background == 1).all()):
+            shift = background.detach().to(self.device, torch.float32).reshape(B, 3) - 1.0
         allowed = torch.stack([torch.stack([self._allowed(c) for c in conds]) for conds in conditions])  # [K,B,M]
         if self.cfg.multi_view:
-            x0 = self._posterior_mean_groups(x_t.reshape(B, -1), ab, allowed, cameras)
+            x0 = self._posterior_mean_groups(x_t.reshape(B, -1), ab, allowed, cameras, shift)
         else:
-            x0 = self._posterior_mean(x_t.reshape(B, -1), ab, allowed)
+            x0 = self._posterior_mean(x_t.reshape(B, -1), ab, allowed, shift)
         eps = (x_t.reshape(1, B, -1) - ab.sqrt() * x0) / (1.0 - ab).sqrt()
         return eps.reshape(len(conditions), *x_t.shape)
 
-    def _logits(self, x: Tensor, ab: Tensor) -> Tensor:
-        """[B,M] log-weights up to a per-row constant: (sqrt(ab) x.y - ab |y|^2 / 2) / (1 - ab)."""
-        dots = torch.cat([x @ self.images[lo : lo + self.cfg.chunk].T for lo in range(0, len(self.images), self.cfg.chunk)], 1)
-        return (ab.sqrt() * dots - 0.5 * ab * self.sq_norms) / (1.0 - ab)
+    def _logits(self, x: Tensor, ab: Tensor, shift: Tensor | None = None) -> Tensor:
+        """[B,M] log-weights up to a per-row constant: (sqrt(ab) x.y - ab |y|^2 / 2) / (1 - ab),
+        with ``y = y_white + shift * cover`` per channel when the renders are on another background."""
+        chunks = [(lo, lo + self.cfg.chunk) for lo in range(0, len(self.images), self.cfg.chunk)]
+        dots = torch.cat([x @ self.images[lo:hi].T for lo, hi in chunks], 1)
+        sq = self.sq_norms[None]
+        if shift is not None:
+            B, P = x.shape[0], self.cover.shape[1]
+            xc = torch.cat([x.reshape(B * 3, P) @ self.cover[lo:hi].T for lo, hi in chunks], 1).reshape(B, 3, -1)
+            dots = dots + (shift[:, :, None] * xc).sum(1)
+            sq = sq + 2.0 * shift @ self.image_cover.T + (shift**2).sum(-1, keepdim=True) * self.cover_sq[None]
+        return (ab.sqrt() * dots - 0.5 * ab * sq) / (1.0 - ab)
 
     def _weighted_sum(self, w: Tensor, images: Tensor) -> Tensor:
         """w [R,N] @ images [N,D], reading only the images some row weights above WEIGHT_FLOOR."""
@@ -214,21 +244,26 @@ class ExemplarPrior:
             return w[:, used] @ images[used]
         return w @ images
 
-    def _posterior_mean(self, x: Tensor, ab: Tensor, allowed: Tensor) -> Tensor:
-        """x [B,D], ab [B,1], allowed [K,B,M] -> x0_hat [K,B,D]."""
+    def _posterior_mean(self, x: Tensor, ab: Tensor, allowed: Tensor, shift: Tensor | None = None) -> Tensor:
+        """x [B,D], ab [B,1], allowed [K,B,M], shift [B,3] or None -> x0_hat [K,B,D]."""
         K, B, M = allowed.shape
-        logits = self._logits(x, ab).expand(K, B, M).masked_fill(~allowed, -torch.inf)
+        logits = self._logits(x, ab, shift).expand(K, B, M).masked_fill(~allowed, -torch.inf)
         w = torch.softmax(logits, -1).reshape(K * B, M)
-        return self._weighted_sum(w, self.images).reshape(K, B, -1)
+        x0 = self._weighted_sum(w, self.images)
+        if shift is not None:  # + shift * (sum_i w_i cover_i), per channel
+            x0 = x0 + (shift.repeat(K, 1)[:, :, None] * self._weighted_sum(w, self.cover)[:, None]).reshape(K * B, -1)
+        return x0.reshape(K, B, -1)
 
-    def _posterior_mean_groups(self, x: Tensor, ab: Tensor, allowed: Tensor, cameras: Cameras | None) -> Tensor:
+    def _posterior_mean_groups(
+        self, x: Tensor, ab: Tensor, allowed: Tensor, cameras: Cameras | None, bg_shift: Tensor | None = None
+    ) -> Tensor:
         """Multi-view: posterior over library groups (x4 cyclic orders), per group of 4 samples."""
         if cameras is None or x.shape[0] % 4:
             raise SDS3DError("the multi-view exemplar prior needs cameras and a batch of groups of 4 views")
         K, B, M = allowed.shape
         S, G = B // 4, self.lib_elevation.shape[0]
         n_obj = M // (4 * G)
-        logits = self._logits(x, ab).reshape(S, 4, n_obj, G, 4)  # per view against every image
+        logits = self._logits(x, ab, bg_shift).reshape(S, 4, n_obj, G, 4)  # per view against every image
         el = cameras.elevation.to(self.device).reshape(S, 4)
         az = cameras.azimuth.to(self.device).reshape(S, 4)
         total = []
@@ -244,10 +279,15 @@ class ExemplarPrior:
         w = total[None].masked_fill(~obj_ok[..., None, None], -torch.inf)  # [K,S,n_obj,G,shift]
         w = torch.softmax(w.reshape(K, S, -1), -1).reshape(K * S, n_obj * G, 4)
         imgs = self.images.reshape(n_obj * G, 4, -1)
+        covers = self.cover.reshape(n_obj * G, 4, -1)
         x0 = torch.zeros(K * S, 4, x.shape[1], device=self.device)
+        bg = None if bg_shift is None else bg_shift.reshape(S, 4, 3).repeat(K, 1, 1)  # [K*S, 4, 3]
         for shift in range(4):
             for k in range(4):
                 x0[:, k] += self._weighted_sum(w[..., shift], imgs[:, (k + shift) % 4])
+                if bg is not None:
+                    c = self._weighted_sum(w[..., shift], covers[:, (k + shift) % 4])  # [K*S, R*R]
+                    x0[:, k] += (bg[:, k, :, None] * c[:, None]).reshape(K * S, -1)
         return x0.reshape(K, S * 4, -1)
 
     # ------------------------------------------------------------------ ground truth

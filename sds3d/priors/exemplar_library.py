@@ -41,7 +41,7 @@ from sds3d.checkpoint import atomic_write
 from sds3d.render.raycast import raycast_mesh
 from sds3d.types import SDS3DError
 
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 """Bumped whenever the renders change for the same inputs (invalidates the cache)."""
 CAMERA_SEED = 1234
 """Seed of the library's camera generator."""
@@ -63,7 +63,8 @@ class LibraryObject:
 class LibraryRenders:
     """Renders of every object from the same cameras."""
 
-    images: Tensor  # [N_obj, G, 4, 3, R, R] float32 in [-1, 1]
+    images: Tensor  # [N_obj, G, 4, 3, R, R] float32 in [-1, 1], on white
+    alpha: Tensor  # [N_obj, G, 4, 1, R, R] float32 in [0, 1]: coverage, to composite on other backgrounds
     elevation: Tensor  # [G, 4] degrees
     azimuth: Tensor  # [G, 4] degrees
     prompts: list[str]
@@ -289,10 +290,10 @@ def mesh_key(mesh: trimesh.Trimesh) -> str:
     return h.hexdigest()
 
 
-def render_object(mesh: trimesh.Trimesh, cameras: Cameras, batch: int = 64) -> Tensor:
-    """[N,R,R,3] float32 in [0,1]: white background, Lambert headlight."""
-    out = [raycast_mesh(mesh, cameras[i : i + batch], (1.0, 1.0, 1.0), "lambert")[0] for i in range(0, len(cameras), batch)]
-    return torch.cat(out)
+def render_object(mesh: trimesh.Trimesh, cameras: Cameras, batch: int = 64) -> tuple[Tensor, Tensor]:
+    """rgb [N,R,R,3] float32 in [0,1] (white background, Lambert headlight) and alpha [N,R,R,1]."""
+    out = [raycast_mesh(mesh, cameras[i : i + batch], (1.0, 1.0, 1.0), "lambert")[:2] for i in range(0, len(cameras), batch)]
+    return torch.cat([torch.as_tensor(o[0]).float() for o in out]), torch.cat([torch.as_tensor(o[1]).float() for o in out])
 
 
 def render_library(
@@ -308,30 +309,33 @@ def render_library(
     cams = library_cameras(num_groups, resolution, camera_cfg)
     settings = f"{RENDER_VERSION}|{resolution}|{num_groups}|{CAMERA_SEED}|{camera_cfg!r}".encode()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
-    images = []
+    images, alphas = [], []
     for obj in objects:
         key = hashlib.sha256(mesh_key(obj.mesh).encode() + settings).hexdigest()[:32]
         path = cache / f"{key}.pt" if cache is not None else None
-        rgb8 = None
+        rgba8 = None
         if path is not None and path.exists():
             try:
-                rgb8 = torch.load(path, map_location="cpu", weights_only=True)
+                rgba8 = torch.load(path, map_location="cpu", weights_only=True)
             except Exception:  # noqa: BLE001 - a damaged cache entry is simply rendered again
-                rgb8 = None
-        if rgb8 is None or rgb8.shape != (4 * num_groups, resolution, resolution, 3):
-            rgb8 = (render_object(obj.mesh, cams) * 255.0).round().to(torch.uint8)
+                rgba8 = None
+        if rgba8 is None or rgba8.shape != (4 * num_groups, resolution, resolution, 4):
+            rgb, alpha = render_object(obj.mesh, cams)
+            rgba8 = (torch.cat([rgb, alpha], -1) * 255.0).round().to(torch.uint8)
             if path is not None:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     buf = io.BytesIO()
-                    torch.save(rgb8, buf)
+                    torch.save(rgba8, buf)
                     atomic_write(path, lambda f: f.write(buf.getvalue()))
                 except (OSError, SDS3DError):
                     pass  # an unwritable cache only costs time
-        x = rgb8.float().div(255.0).mul(2.0).sub(1.0).permute(0, 3, 1, 2)  # [4G,3,R,R]
-        images.append(x.reshape(num_groups, 4, 3, resolution, resolution))
+        x = rgba8.float().div(255.0).permute(0, 3, 1, 2)  # [4G,4,R,R]
+        images.append((x[:, :3] * 2.0 - 1.0).reshape(num_groups, 4, 3, resolution, resolution))
+        alphas.append(x[:, 3:].reshape(num_groups, 4, 1, resolution, resolution))
     return LibraryRenders(
         images=torch.stack(images),
+        alpha=torch.stack(alphas),
         elevation=cams.elevation.reshape(num_groups, 4),
         azimuth=cams.azimuth.reshape(num_groups, 4),
         prompts=[o.prompt for o in objects],

@@ -278,7 +278,8 @@ class MVDreamPrior:
 
     @torch.no_grad()
     def predict_noise(
-        self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None
+        self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None,
+        background: Tensor | None = None,
     ) -> Tensor:
         """eps for K conditionings in ONE UNet call over K*B images: [K,B,C,h,w] float32.
 

@@ -283,7 +283,8 @@ class StableDiffusionPrior:
 
     @torch.no_grad()
     def predict_noise(
-        self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None
+        self, x_t: Tensor, t: Tensor, conditions: Sequence[Any], cameras: Cameras | None = None,
+        background: Tensor | None = None,
     ) -> Tensor:
         """eps(x_t; c_k) for the K conditionings in one UNet call: [K,B,C,h,w] float32."""
         k, b = len(conditions), x_t.shape[0]
