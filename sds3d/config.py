@@ -100,8 +100,11 @@ class RunConfig:
     resolution_milestones: tuple[int, ...] = ()
     """Steps at which the render size moves to the next --resolution (one fewer than sizes)."""
     background: Literal["auto", "white", "black", "random"] = "auto"
-    """Training background: auto = white for exemplar priors (their renders are on white),
-    random colours otherwise. Evaluation renders use white."""
+    """Training background: auto = white for exemplar priors (the benchmark's setting), random
+    colours otherwise. Evaluation renders use white. The exemplar prior composites its library
+    on the render's background, so random works with it too and is the choice when the mesh or
+    gaussians.ply matters: on white alone, empty space can fill with white fog (under a chair's
+    seat) that the mesh keeps (docs/mesh.md: chair mesh vs scene 17.0 -> 23.0 dB)."""
     log_every: int = 10
     """Write a metrics.jsonl line every N steps."""
     preview_every: int = 100
