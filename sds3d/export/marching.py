@@ -65,7 +65,8 @@ PLATEAU_TOLERANCE = 0.002
 """Levels whose IoU is within this of the best one count as the same silhouette."""
 MARCH_STEP = 1.0
 """Ray-marching step through the grid, in voxels. On a 256^3 grid of a 30-step tiny-SD fog at
-256 px, half-voxel steps gave the same level (0.194065, relative change < 1e-6) in 1.6x the time."""
+256 px the level is 0.19381, against 0.19406 with half-voxel steps over the box's whole
+diagonal for every ray (the code before), in about 0.6x the time."""
 
 
 def scene_bounds(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
