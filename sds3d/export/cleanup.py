@@ -36,12 +36,11 @@ def count_pieces(mesh: trimesh.Trimesh) -> int:
 def _enclosed(parts: list[trimesh.Trimesh]) -> set[int]:
     """Indices of ``parts`` (largest first) wholly inside another, watertight part."""
     hidden: set[int] = set()
-    order = range(len(parts))
-    for i, outer in enumerate(order):
+    for outer in range(len(parts)):
         if outer in hidden or not parts[outer].is_watertight:
             continue
         lo, hi = parts[outer].bounds
-        for inner in order[i + 1 :]:
+        for inner in range(outer + 1, len(parts)):
             if inner in hidden:
                 continue
             b = parts[inner].bounds
