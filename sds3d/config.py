@@ -99,12 +99,19 @@ class RunConfig:
     priors, 512 for Gaussians, 64 then 256 at half the steps for NeRF. Multiples of 8."""
     resolution_milestones: tuple[int, ...] = ()
     """Steps at which the render size moves to the next --resolution (one fewer than sizes)."""
-    background: Literal["auto", "white", "black", "random"] = "auto"
-    """Training background: auto = white for exemplar priors (the benchmark's setting), random
-    colours otherwise. Evaluation renders use white. The exemplar prior composites its library
-    on the render's background, so random works with it too and is the choice when the mesh or
-    gaussians.ply matters: on white alone, empty space can fill with white fog (under a chair's
-    seat) that the mesh keeps (docs/mesh.md: chair mesh vs scene 17.0 -> 23.0 dB)."""
+    background: Literal["random", "white", "black", "auto"] = "random"
+    """Training background: random colours per image (auto: the same, the name older run folders
+    use), white or black. Evaluation renders use white. The exemplar prior composites its library
+    on the render's background. On white alone, white costs nothing where the object is not, so
+    empty space can fill with white fog (under a chair's seat) that the mesh and gaussians.ply
+    keep (docs/mesh.md)."""
+    white_start: float = 0.0
+    """Fraction of the run rendered on white before --background random starts."""
+    random_background_p: float = 1.0
+    """With --background random, after --white-start: the chance that an image gets a random colour
+    rather than white. The exemplar recipe uses a white start of 0.5 and 0.5 here: the shape
+    settles on the benchmark's white first, then white fog costs something without the score on
+    white dropping (docs/mesh.md)."""
     log_every: int = 10
     """Write a metrics.jsonl line every N steps."""
     preview_every: int = 100
@@ -177,6 +184,9 @@ class RunConfig:
         for name in ("log_every", "preview_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise SDS3DError(f"--{name.replace('_', '-')} must be >= 0")
+        for name in ("white_start", "random_background_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SDS3DError(f"--{name.replace('_', '-')} must be in [0, 1] (got {getattr(self, name)})")
         if self.turntable_frames <= 0 or self.turntable_resolution <= 0 or self.turntable_resolution % 8:
             raise SDS3DError("--turntable-frames must be > 0 and --turntable-resolution a positive multiple of 8")
         device = resolve_device(self.device)
@@ -215,7 +225,7 @@ def exemplar_recipe(prior: str = "exemplar") -> RunConfig:
     fixed_t = TimestepConfig()
     half_anneal = TimestepConfig(anneal="step", t_max_end=0.5, anneal_at=0.5)
     return dataclasses.replace(
-        base, prior=prior, steps=300, turntable_resolution=128,
+        base, prior=prior, steps=300, turntable_resolution=128, white_start=0.5, random_background_p=0.5,
         gaussians=EXEMPLAR_GAUSSIANS, nerf=EXEMPLAR_NERF,
         sds=dataclasses.replace(base.sds, guidance_scale=1.0, timesteps=fixed_t, grad_clip=None, grad_clip_end=None),
         vsd=dataclasses.replace(base.vsd, guidance_scale=1.0),

@@ -104,15 +104,20 @@ def set_rng_state(state: dict[str, Any], cam_gen: torch.Generator) -> None:
     cam_gen.set_state(state["cameras"].cpu())
 
 
-def training_background(cfg: RunConfig, batch: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    mode = cfg.background
-    if mode == "auto":
-        mode = "white" if cfg.is_exemplar else "random"
-    if mode == "white":
-        return torch.ones(batch, 3, device=device)
-    if mode == "black":
+def training_background(cfg: RunConfig, step: int, batch: int, device: torch.device) -> torch.Tensor:
+    """[batch, 3] background colours of training step ``step``: white, black, or (random, and auto)
+    white for the first ``cfg.white_start`` of the run, then for each image a random colour with
+    chance ``cfg.random_background_p``, else white. The colours are drawn from (seed, step) alone,
+    so they leave the camera stream alone (a run with a white start sees the same cameras as one
+    on white throughout) and a resumed run draws the same."""
+    if cfg.background == "black":
         return torch.zeros(batch, 3, device=device)
-    return torch.rand(batch, 3, generator=gen).to(device)
+    if cfg.background == "white" or step < cfg.white_start * cfg.steps:
+        return torch.ones(batch, 3, device=device)
+    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) % 2**63)
+    colours = torch.rand(batch, 3, generator=gen)
+    random = torch.rand(batch, 1, generator=gen) < cfg.random_background_p
+    return torch.where(random, colours, torch.ones_like(colours)).to(device)
 
 
 @contextmanager
@@ -259,7 +264,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
                 )
             res = cfg.resolution_at(step)
             cams = sample_cameras(cfg.cameras, cfg.batch_size, res, res, cfg.num_views, generator=cam_gen, device=device)
-            background = training_background(cfg, cfg.batch_size, device, cam_gen)
+            background = training_background(cfg, step, cfg.batch_size, device)
             out = scene.render(cams, background)
             scene.pre_backward(step, out)
             g = guidance(out.rgb, cams, step, cfg.steps, background)
