@@ -298,4 +298,7 @@ def load_config(path: Path) -> tuple[str, RunConfig]:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SDS3DError(f"cannot read run config {path}: {e}; is this a sds3d run folder?") from None
-    return data["prompt"], from_jsonable(RunConfig, data["config"])
+    cfg = from_jsonable(RunConfig, data["config"])
+    if "white_start" not in data["config"] and cfg.background == "auto" and cfg.is_exemplar:
+        cfg = dataclasses.replace(cfg, background="white")  # "auto" meant white for exemplar runs then
+    return data["prompt"], cfg

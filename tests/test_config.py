@@ -1,4 +1,5 @@
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,20 @@ def test_config_round_trips_through_json(tmp_path):
     save_config(cfg, "a corgi", tmp_path / "config.json")
     prompt, again = load_config(tmp_path / "config.json")
     assert prompt == "a corgi" and again == cfg
+
+
+def test_an_older_exemplar_run_folder_resumes_on_white(tmp_path):
+    """Run folders written before --white-start say background "auto", which then meant white for
+    exemplar priors: a resume keeps training them on white."""
+    save_config(RunConfig(prior="exemplar", background="auto"), "a snowman", tmp_path / "config.json")
+    data = json.loads((tmp_path / "config.json").read_text())
+    del data["config"]["white_start"], data["config"]["random_background_p"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert load_config(tmp_path / "old.json")[1].background == "white"
+    assert load_config(tmp_path / "config.json")[1].background == "auto"  # a current folder: as written
+    data["config"]["prior"] = "stabilityai/stable-diffusion-2-1-base"
+    (tmp_path / "sd.json").write_text(json.dumps(data))
+    assert load_config(tmp_path / "sd.json")[1].background == "auto"  # random, as before
 
 
 def test_resolution_schedule_and_defaults():
