@@ -44,8 +44,9 @@ of each channel) and ``|y_i(b)|^2 = |y_i|^2 + 2 sum_c (b_c - 1) y_ic . cover_i +
 |cover_i|^2`` (precomputed per image), and the posterior mean adds ``(b - 1) sum_i w_i cover_i``.
 On white alone, white Gaussians cost the guidance nothing: empty space fills with white fog
 (under a chair's seat, between a table's legs) and white surfaces can stay half transparent,
-and both end up in the mesh. Training on random backgrounds (``--background random``) makes
-every colour visible.
+and both end up in the mesh. Random backgrounds make every colour visible; the exemplar recipe
+trains on white for the first half, then gives each image a random colour with chance 0.5
+(``--white-start``, ``--random-background-p``).
 """
 
 from __future__ import annotations
