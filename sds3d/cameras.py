@@ -169,6 +169,11 @@ class CameraConfig:
     eval_fovy: float = 42.5
     """Field of view of the evaluation/turntable orbit."""
 
+    def max_focal(self, size: int) -> float:
+        """The longest focal length (pixels) of a ``size``-pixel training camera: the narrowest
+        field of view, the finest view of the scene that training gives."""
+        return fov_to_focal(self.fovy_range[0], size)
+
     def __post_init__(self) -> None:
         for name in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
             lo, hi = getattr(self, name)

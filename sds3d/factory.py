@@ -84,7 +84,8 @@ def build_guidance(cfg: RunConfig, prompts: PromptSet, prior_2d: Any, prior_mv: 
 
 def build_scene(cfg: RunConfig, device: torch.device) -> Scene:
     if cfg.scene == "gaussians":
-        return cfg.gaussians.setup(device)
+        sizes, _ = cfg.resolutions()
+        return cfg.gaussians.setup(device, cfg.cameras.max_focal(max(sizes)), cfg.cameras.eval_distance)
     if cfg.scene == "nerf":
         return cfg.nerf.setup(device)
     raise ValueError(f"unknown scene {cfg.scene!r}")

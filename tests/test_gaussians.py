@@ -291,3 +291,70 @@ def test_alpha_entropy_is_scheduled_and_makes_renders_solid() -> None:
         scene.regularization(out, 40, 41).backward()
         scene.optimizer_step(step, out)
     assert mid_fraction(scene) < 0.5 * before
+
+
+def test_lowpass_eps2d_keeps_the_training_low_pass_at_its_angular_size() -> None:
+    from sds3d.scenes.gaussians import EPS2D, lowpass_eps2d
+
+    assert lowpass_eps2d(100.0, None) == EPS2D
+    assert lowpass_eps2d(100.0, 100.0) == pytest.approx(0.3)
+    assert lowpass_eps2d(400.0, 100.0) == pytest.approx(0.3 * 16)
+    assert lowpass_eps2d(50.0, 100.0) == pytest.approx(0.3)  # smaller renders keep gsplat's own
+
+
+def test_training_lowpass_renders_tiny_gaussians_at_every_size_as_in_training() -> None:
+    """Gaussians far smaller than a training pixel: at 4x the training size their coverage (in
+    training pixels) stays what training saw with the low-pass, and erodes to speckle without."""
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    splats = {
+        "means": (torch.rand(n, 3, generator=gen) - 0.5) * 0.8,
+        "scales": torch.full((n, 3), math.log(1e-4)),
+        "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+        "opacities": torch.full((n,), math.log(0.9 / 0.1)),
+        "sh0": torch.zeros(n, 1, 3),
+        "shN": torch.zeros(n, 0, 3),
+    }
+    cams = lambda size: orbit_cameras([15.0], [30.0], 3.0, 40.0, size, size)  # noqa: E731
+    train_focal = cams(32).Ks[0, 0, 0].item()
+    coverage = {}
+    for lowpass in (True, False):
+        scene = GaussianScene(small(num_init=n, training_lowpass=lowpass), CPU, splats, train_focal=train_focal)
+        with torch.no_grad():
+            small_alpha = scene.render(cams(32), torch.ones(1, 3)).alpha.sum().item()
+            large_alpha = scene.render(cams(128), torch.ones(1, 3)).alpha.sum().item() / 16  # in 32 px pixels
+        coverage[lowpass] = (small_alpha, large_alpha)
+    (train_lp, big_lp), (train_off, big_off) = coverage[True], coverage[False]
+    assert train_lp == pytest.approx(train_off, rel=1e-6)  # the training size is unchanged
+    assert big_lp == pytest.approx(train_lp, rel=0.1)
+    assert big_off < 0.2 * train_lp
+
+
+def test_viewer_splats_fold_the_low_pass_into_each_gaussian() -> None:
+    """What a standard splat renderer (gsplat's own 0.3 px low-pass) shows of the file matches the
+    low-passed renders at 4x the training size, and the export density widens by the same sigma."""
+    gen = torch.Generator().manual_seed(1)
+    n = 60
+    splats = {
+        "means": (torch.rand(n, 3, generator=gen) - 0.5) * 0.6,
+        "scales": torch.log(torch.rand(n, 3, generator=gen) * 0.02 + 1e-3),
+        "quats": torch.randn(n, 4, generator=gen),
+        "opacities": torch.randn(n, generator=gen),
+        "sh0": torch.randn(n, 1, 3, generator=gen),
+        "shN": torch.zeros(n, 0, 3),
+    }
+    cams = lambda size: orbit_cameras([15.0, 30.0], [30.0, 200.0], 3.0, 40.0, size, size)  # noqa: E731
+    scene = GaussianScene(small(num_init=n), CPU, splats, train_focal=cams(32).Ks[0, 0, 0].item(), view_distance=3.0)
+    sigma = scene.lowpass_sigma()
+    assert sigma == pytest.approx(math.sqrt(0.3) * 3.0 / cams(32).Ks[0, 0, 0].item())
+    viewer = GaussianScene(small(num_init=n, training_lowpass=False), CPU, scene.viewer_splats())
+    raw = GaussianScene(small(num_init=n, training_lowpass=False), CPU, splats)
+    with torch.no_grad():
+        ours = scene.render(cams(128), torch.ones(2, 3)).rgb
+        mse_viewer = (viewer.render(cams(128), torch.ones(2, 3)).rgb - ours).square().mean().item()
+        mse_raw = (raw.render(cams(128), torch.ones(2, 3)).rgb - ours).square().mean().item()
+    assert -10 * math.log10(mse_viewer) > 35 and mse_raw > 10 * mse_viewer
+    widened = torch.sqrt(torch.exp(splats["scales"]) ** 2 + sigma**2)
+    torch.testing.assert_close(torch.exp(scene.viewer_splats()["scales"]), widened)
+    far = splats["means"][:1] + torch.tensor([[0.0, 0.0, 0.03]])  # outside the tiny Gaussians' reach
+    assert scene.density(far).item() > raw.density(far).item()

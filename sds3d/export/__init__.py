@@ -257,9 +257,8 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
         if cfg.refine_steps > 0 and cfg.refine_views > 0:
             final = refine_on_cameras(final, scene, cams, cfg.refine_steps, device).mesh
     paths = write_mesh(final, out_dir, cfg.formats, vertex_colored=mesh)
-    splats = getattr(scene, "splats", None)
-    if cfg.splat_ply and splats is not None:
-        paths.append(write_splat_ply(splats, out_dir / "gaussians.ply", cfg.splat_axes))
+    if cfg.splat_ply and isinstance(scene, GaussianScene):
+        paths.append(write_splat_ply(scene.viewer_splats(), out_dir / "gaussians.ply", cfg.splat_axes))
     fidelity: dict[str, float] = {}
     if cfg.eval_views > 0:
         res = cfg.fidelity_resolution

@@ -11,6 +11,12 @@ rasterizer elsewhere); densification is ``gsplat.strategy.DefaultStrategy`` (clo
 split large Gaussians whose mean screen-space gradient exceeds ``grow_grad2d``, prune
 transparent ones), thresholds from DreamGaussian's SDS recipe, capped at ``max_gaussians``.
 
+Renders finer than the training renders keep their low-pass (``--gaussians.training-lowpass``,
+:func:`lowpass_eps2d`): gsplat's 0.3 px^2 screen-space dilation keeps its angular size, so a
+scene trained at 64 px does not turn to speckle in a 256 px turntable. The export's density and
+the splat file fold the same low-pass into each Gaussian as a world-space filter at the viewing
+distance (:meth:`GaussianScene.viewer_scales`, Mip-Splatting's 3D filter).
+
 For export: ``density(x) = sum_i o_i exp(-0.5 (x - mu_i)^T Sigma_i^-1 (x - mu_i))`` over the
 Gaussians within 3 sigma of x, and ``albedo(x)`` the same weights' average of the view-
 independent colours ``0.5 + C0 sh0``. ``density_on_grid`` fills a whole export grid with the
@@ -115,6 +121,13 @@ class GaussiansConfig:
     truth (docs/mesh.md). Applied from the start it collapses the scene."""
     opacity_entropy_from: float = 0.6
     """Fraction of the run after which --gaussians.opacity-entropy applies."""
+    training_lowpass: bool = True
+    """Renders finer than the training renders (a longer focal length in pixels: a 256 px
+    turntable of a scene trained at 64 px) keep the training renders' screen-space low-pass:
+    gsplat's 0.3 px^2 dilation grows with the square of the focal-length ratio, so it keeps its
+    angular size and the scene shows at every size what it was optimized to show. Without it,
+    Gaussians smaller than a training pixel shrink to speckle in larger renders (Mip-Splatting's
+    erosion artifact). Renders at or below the training size are unchanged. See docs/mesh.md."""
     backend: Backend = "auto"
     """Rasterizer: gsplat's CUDA kernels, the pure-torch path, or auto (gsplat on CUDA)."""
 
@@ -132,8 +145,12 @@ class GaussiansConfig:
         if (self.lr_means_final is not None and self.lr_means_final <= 0) or self.lr_means_decay_steps < 1:
             raise SDS3DError("--gaussians.lr-means-final must be > 0 (or None) and --gaussians.lr-means-decay-steps >= 1")
 
-    def setup(self, device: torch.device) -> "GaussianScene":
-        return GaussianScene(self, torch.device(device))
+    def setup(self, device: torch.device, train_focal: float | None = None, view_distance: float = 3.25) -> "GaussianScene":
+        """The scene; ``train_focal``: the longest focal length (pixels) of the training cameras,
+        for --gaussians.training-lowpass (None: no low-pass beyond gsplat's); ``view_distance``:
+        the distance it is looked at from (the evaluation orbit's), where the export and the splat
+        file turn that low-pass into a world-space size."""
+        return GaussianScene(self, torch.device(device), train_focal=train_focal, view_distance=view_distance)
 
 
 EXEMPLAR_GAUSSIANS = GaussiansConfig(
@@ -150,6 +167,19 @@ held-out 'a green teapot' (300 steps, mesh vs scene at 128 px, see docs/benchmar
 held-out PSNR 24.17 -> 24.15 / 17.18 -> 17.18 dB, mask IoU 0.950 -> 0.958 / 0.654 -> 0.721,
 mesh IoU 0.79 -> 0.95 / 0.84 -> 0.95; a weight of 1000 left the snowman's mask IoU at 0.89 and
 the same entropy on each Gaussian's opacity collapsed the scene (900 Gaussians, IoU 0.46)."""
+
+
+EPS2D = 0.3
+"""gsplat's screen-space low-pass: pixels^2 added to every projected 2D covariance."""
+
+
+def lowpass_eps2d(focal: float, train_focal: float | None) -> float:
+    """The 2D low-pass (pixels^2) of a render with focal length ``focal`` of a scene trained with
+    focal lengths up to ``train_focal``: ``EPS2D * max(1, focal / train_focal)^2``, the training
+    renders' low-pass at the same angular size (``EPS2D`` when ``train_focal`` is None)."""
+    if train_focal is None:
+        return EPS2D
+    return EPS2D * max(1.0, focal / train_focal) ** 2
 
 
 def binary_entropy(p: Tensor, eps: float = 1e-5) -> Tensor:
@@ -189,9 +219,18 @@ def init_splats(cfg: GaussiansConfig, device: torch.device) -> dict[str, Tensor]
 class GaussianScene:
     """The ``Scene`` protocol for 3D Gaussians (see the module docstring)."""
 
-    def __init__(self, cfg: GaussiansConfig, device: torch.device, splats: dict[str, Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GaussiansConfig,
+        device: torch.device,
+        splats: dict[str, Tensor] | None = None,
+        train_focal: float | None = None,
+        view_distance: float = 3.25,
+    ) -> None:
         self.cfg = cfg
         self.device = device
+        self.train_focal = train_focal if cfg.training_lowpass else None
+        self.view_distance = view_distance
         self.backend = resolve_backend(cfg.backend, device.type == "cuda")
         self.strategy = DefaultStrategy(
             prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
@@ -218,7 +257,7 @@ class GaussianScene:
             s["means"], s["quats"], torch.exp(s["scales"]), torch.sigmoid(s["opacities"]),
             torch.cat([s["sh0"], s["shN"]], 1), cameras.viewmats, cameras.Ks, cameras.width, cameras.height,
             sh_degree=self.cfg.sh_degree, backgrounds=background.to(s["means"]), render_mode="RGB+ED",
-            packed=False, backend=self.backend,
+            eps2d=lowpass_eps2d(float(cameras.Ks[..., 0, 0].max()), self.train_focal), packed=False, backend=self.backend,
         )
         return RenderOutput(rgb=rgbd[..., :3].clamp(0, 1), alpha=alpha, depth=rgbd[..., 3:4], info=meta)
 
@@ -263,6 +302,23 @@ class GaussianScene:
     def num_primitives(self) -> int:
         return int(self.splats["means"].shape[0])
 
+    def lowpass_sigma(self) -> float:
+        """The training low-pass as a world-space standard deviation at ``view_distance``:
+        ``sqrt(EPS2D) * view_distance / train_focal`` (0 without --gaussians.training-lowpass)."""
+        return 0.0 if self.train_focal is None else math.sqrt(EPS2D) * self.view_distance / self.train_focal
+
+    def viewer_scales(self) -> Tensor:
+        """Scales [N,3] (after exp) with the training low-pass folded in, ``sqrt(s^2 + sigma^2)``:
+        Mip-Splatting's 3D filter, which adds ``sigma^2 I`` to each covariance (its axes unchanged).
+        The export's density and the splat file use them, so the mesh is cut from, and splat
+        viewers show, the scene that the low-passed renders show."""
+        scales = torch.exp(self.splats["scales"].detach())
+        return torch.sqrt(scales**2 + self.lowpass_sigma() ** 2)
+
+    def viewer_splats(self) -> dict[str, Tensor]:
+        """The splats with :meth:`viewer_scales` (log), for the standard 3DGS file."""
+        return {**{k: v.detach() for k, v in self.splats.items()}, "scales": torch.log(self.viewer_scales())}
+
     # ------------------------------------------------------------------ export queries
 
     def _export_params(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -272,7 +328,7 @@ class GaussianScene:
         so ``m2 = d^T P d`` is six products.
         """
         s = self.splats
-        scales = torch.exp(s["scales"].detach())
+        scales = self.viewer_scales()
         inv = quat_to_rotmat(s["quats"].detach()) / scales[:, None, :]
         P = inv @ inv.transpose(-1, -2)
         prec = torch.stack([P[:, 0, 0], P[:, 1, 1], P[:, 2, 2], 2 * P[:, 0, 1], 2 * P[:, 0, 2], 2 * P[:, 1, 2]], -1)
