@@ -36,7 +36,7 @@ from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import remove
 from torch import Tensor
 
-from sds3d.cameras import Cameras
+from sds3d.cameras import CameraConfig, Cameras
 from sds3d.render import Backend, rasterize_gaussians, resolve_backend
 from sds3d.render.torch_rasterizer import SH_C0, quat_to_rotmat
 from sds3d.types import RenderOutput, SDS3DError
@@ -145,7 +145,9 @@ class GaussiansConfig:
         if (self.lr_means_final is not None and self.lr_means_final <= 0) or self.lr_means_decay_steps < 1:
             raise SDS3DError("--gaussians.lr-means-final must be > 0 (or None) and --gaussians.lr-means-decay-steps >= 1")
 
-    def setup(self, device: torch.device, train_focal: float | None = None, view_distance: float = 3.25) -> "GaussianScene":
+    def setup(
+        self, device: torch.device, train_focal: float | None = None, view_distance: float = CameraConfig.eval_distance
+    ) -> "GaussianScene":
         """The scene; ``train_focal``: the longest focal length (pixels) of the training cameras,
         for --gaussians.training-lowpass (None: no low-pass beyond gsplat's); ``view_distance``:
         the distance it is looked at from (the evaluation orbit's), where the export and the splat
@@ -225,7 +227,7 @@ class GaussianScene:
         device: torch.device,
         splats: dict[str, Tensor] | None = None,
         train_focal: float | None = None,
-        view_distance: float = 3.25,
+        view_distance: float = CameraConfig.eval_distance,
     ) -> None:
         self.cfg = cfg
         self.device = device
