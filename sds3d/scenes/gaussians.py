@@ -111,7 +111,7 @@ class GaussiansConfig:
     """Weight of the opacity entropy at the first and the last step (linear in between): the
     mean binary entropy of the rendered opacity, -(a log a + (1-a) log(1-a)), which pushes every
     pixel to empty or opaque, so the scene ends solid and a mesh can look like it (the NeRF's
-    --nerf.sparsity entropy, on Gaussians). EXEMPLAR_GAUSSIANS uses (0, 300)."""
+    --nerf.sparsity entropy, on Gaussians). EXEMPLAR_GAUSSIANS uses (0, 1000)."""
     opacity_entropy: float = 0.0
     """Weight of the mean binary entropy of each Gaussian's own opacity, -(o log o + (1-o) log(1-o)),
     from --gaussians.opacity-entropy-from of the run on (0 = off): every Gaussian ends opaque or
@@ -157,18 +157,20 @@ class GaussiansConfig:
 
 EXEMPLAR_GAUSSIANS = GaussiansConfig(
     init_radius=0.8, lr_means=3e-3, lr_means_final=None, lr_colors=3e-2, refine_start=50, refine_every=50,
-    max_gaussians=8000, alpha_entropy=(0.0, 300.0),
+    max_gaussians=8000, alpha_entropy=(0.0, 1000.0),
 )
 """CPU preset for short exemplar runs (64x64 renders, a few hundred steps), chosen with
 ``sds3d bench exemplar``: the initial ball covers most of the unit sphere, centres and colours
 move 3x faster (the centres' rate stays constant), densification starts at step 50 and repeats
-every 50 steps, and at most 8,000 Gaussians keep a CPU step near 0.3 s. The opacity entropy
-grows from 0 to 300 over the run, so the scene ends solid: white-on-white parts (the snowman)
-are otherwise left half transparent, which no mesh can look like. Measured on 'a snowman' and a
-held-out 'a green teapot' (300 steps, mesh vs scene at 128 px, see docs/benchmarks.md):
-held-out PSNR 24.17 -> 24.15 / 17.18 -> 17.18 dB, mask IoU 0.950 -> 0.958 / 0.654 -> 0.721,
-mesh IoU 0.79 -> 0.95 / 0.84 -> 0.95; a weight of 1000 left the snowman's mask IoU at 0.89 and
-the same entropy on each Gaussian's opacity collapsed the scene (900 Gaussians, IoU 0.46)."""
+every 50 steps, and at most 8,000 Gaussians keep a CPU step near 0.3 s. The rendered opacity's
+entropy grows from 0 to 1000 over the run, so the scene ends solid with a sharp rim: white-on-white
+parts (the snowman) are otherwise left half transparent and every rim a 2 px opacity ramp, which
+no mesh can look like. 1000 against the earlier 300 (``sds3d bench exemplar --device cpu --seeds
+S``, 200 steps, seeds 0-3; docs/mesh.md): normalized score 0.577 -> 0.574 (per seed -0.01, +0.01,
+-0.03, +0.02), mesh vs scene object PSNR at 128 px 22.18 -> 23.38 dB, worst object 18.42 ->
+20.35 dB; on the held-out library (seed 0) 0.446 -> 0.426 and 21.10 -> 23.15 dB. 3000 made the
+scenes blobs (normalized 0.51 on seed 0), and the same entropy on each Gaussian's own opacity
+(--gaussians.opacity-entropy) trades the score for the mesh."""
 
 
 EPS2D = 0.3
