@@ -168,9 +168,9 @@ parts (the snowman) are otherwise left half transparent and every rim a 2 px opa
 no mesh can look like. 1000 against the earlier 300 (``sds3d bench exemplar --device cpu --seeds
 S``, 200 steps, seeds 0-3; docs/mesh.md): normalized score 0.577 -> 0.574 (per seed -0.01, +0.01,
 -0.03, +0.02), mesh vs scene object PSNR at 128 px 22.18 -> 23.38 dB, worst object 18.42 ->
-20.35 dB; on the held-out library (seed 0) 0.446 -> 0.426 and 21.10 -> 23.15 dB. 3000 made the
-scenes blobs (normalized 0.51 on seed 0), and the same entropy on each Gaussian's own opacity
-(--gaussians.opacity-entropy) trades the score for the mesh."""
+20.35 dB; on the held-out library (seeds 0-1) 0.477 -> 0.484 and 21.29 -> 23.25 dB. 3000 went
+too far (seed 0: normalized 0.51, the snowman a speckled blob), and the same entropy on each
+Gaussian's own opacity (--gaussians.opacity-entropy) trades the score for the mesh."""
 
 
 EPS2D = 0.3
