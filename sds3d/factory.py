@@ -7,11 +7,14 @@ each branch is an explicit ``if``.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sds3d.config import RunConfig, resolve_device
+from sds3d.config import MULTI_VIEW_GUIDANCE, DiffusersOptions, RunConfig, is_exemplar_prior, resolve_device
+from sds3d.priors.exemplar import ExemplarConfig
+from sds3d.priors.mvdream import MVDreamConfig
 from sds3d.prompts import PromptSet
 from sds3d.types import Guidance, Prior, Scene
 
@@ -26,21 +29,58 @@ def build_prompts(prompt: str, cfg: RunConfig) -> PromptSet:
     )
 
 
-def load_prior(spec: str, device: torch.device, cfg: RunConfig, multi_view: bool = False) -> Prior:
-    """A 2D prior (``multi_view=False``) or the multi-view prior named by ``spec``."""
-    if spec == "exemplar" or spec.startswith("exemplar:"):
+@dataclass(frozen=True)
+class PriorSpec:
+    """Everything that decides which model one prior loads, derived from a RunConfig by
+    :func:`prior_specs`. :func:`load_prior` reads nothing else, so two runs can share a loaded
+    prior exactly when their specs are equal (the batch engines' cache key)."""
+
+    name: str  # hub id, folder, "exemplar" or "exemplar:DIR"
+    multi_view: bool
+    device: str
+    exemplar: ExemplarConfig | None  # exemplar priors only
+    diffusers: DiffusersOptions | None  # diffusers priors only
+    mvdream: MVDreamConfig | None  # multi-view diffusers priors only
+
+
+def prior_specs(cfg: RunConfig, device: torch.device) -> tuple[PriorSpec | None, PriorSpec | None]:
+    """(2D prior, multi-view prior) specs as the guidance method needs them."""
+
+    def spec(name: str, dev: torch.device, multi_view: bool) -> PriorSpec:
+        if is_exemplar_prior(name):
+            return PriorSpec(name, multi_view, str(dev), dataclasses.replace(cfg.exemplar, multi_view=multi_view), None, None)
+        mvdream = dataclasses.replace(cfg.mvdream, model=name) if multi_view else None
+        return PriorSpec(name, multi_view, str(dev), None, cfg.diffusers, mvdream)
+
+    spec_2d = spec_mv = None
+    if cfg.guidance != "mvsds":
+        spec_2d = spec(cfg.prior, device, False)
+    if cfg.guidance in MULTI_VIEW_GUIDANCE:
+        mv_name = cfg.mv_prior
+        if mv_name is None:
+            mv_name = cfg.prior if cfg.is_exemplar else cfg.mvdream.model
+        mv_device = resolve_device(cfg.mv_device) if cfg.mv_device else device
+        spec_mv = spec(mv_name, mv_device, True)
+    return spec_2d, spec_mv
+
+
+def load_prior(spec: PriorSpec) -> Prior:
+    """The prior a spec names."""
+    device = torch.device(spec.device)
+    if spec.exemplar is not None:
         from sds3d.priors.exemplar import load_exemplar
 
-        return load_exemplar(spec, device, dataclasses.replace(cfg.exemplar, multi_view=multi_view))
-    opts = cfg.diffusers
-    if multi_view:
+        return load_exemplar(spec.name, device, spec.exemplar)
+    opts = spec.diffusers
+    assert opts is not None
+    if spec.mvdream is not None:
         from sds3d.priors.mvdream import load_mvdream
 
-        return load_mvdream(dataclasses.replace(cfg.mvdream, model=spec), device, dtype=opts.torch_dtype(), cache_dir=opts.cache_dir)
+        return load_mvdream(spec.mvdream, device, dtype=opts.torch_dtype(), cache_dir=opts.cache_dir)
     from sds3d.priors.stable_diffusion import load_stable_diffusion
 
     return load_stable_diffusion(
-        spec,
+        spec.name,
         device,
         dtype=opts.torch_dtype(),
         cache_dir=opts.cache_dir,
@@ -52,17 +92,7 @@ def load_prior(spec: str, device: torch.device, cfg: RunConfig, multi_view: bool
 
 def load_priors(cfg: RunConfig, device: torch.device) -> tuple[Prior | None, Prior | None]:
     """(2D prior, multi-view prior) as the guidance method needs them."""
-    prior_2d = None
-    prior_mv = None
-    if cfg.guidance != "mvsds":
-        prior_2d = load_prior(cfg.prior, device, cfg)
-    if cfg.guidance in ("coupled", "mvsds"):
-        mv_spec = cfg.mv_prior
-        if mv_spec is None:
-            mv_spec = cfg.prior if cfg.is_exemplar else cfg.mvdream.model
-        mv_device = resolve_device(cfg.mv_device) if cfg.mv_device else device
-        prior_mv = load_prior(mv_spec, mv_device, cfg, multi_view=True)
-    return prior_2d, prior_mv
+    return tuple(None if s is None else load_prior(s) for s in prior_specs(cfg, device))  # type: ignore[return-value]
 
 
 def build_guidance(cfg: RunConfig, prompts: PromptSet, prior_2d: Any, prior_mv: Any) -> Guidance:

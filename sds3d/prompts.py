@@ -56,6 +56,12 @@ def view_prompt(prompt: str, bucket: str) -> str:
 
 def read_prompt_file(path: str | Path) -> list[str]:
     """Prompts of a file: one a line, ``#`` comments and blank lines skipped, stripped."""
+    return [line for _, line in read_prompt_lines(path)]
+
+
+def read_prompt_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped line) of every prompt line of a file (``#`` comment lines
+    and blank lines skipped)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -64,8 +70,8 @@ def read_prompt_file(path: str | Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise SDS3DError(f"cannot read prompt file {p}: {e}; pass a readable UTF-8 text file") from None
     out = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
         if line:
-            out.append(line)
+            out.append((number, line))
     return out

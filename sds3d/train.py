@@ -25,14 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from sds3d.cameras import eval_cameras, sample_cameras
-from sds3d.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
+from sds3d.checkpoint import load_checkpoint, load_into, require_entries, save_checkpoint, write_json_atomic
 from sds3d.config import RunConfig, save_config
 from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
 from sds3d.types import Prior, Scene, SDS3DError
@@ -86,10 +86,12 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(cam_gen: torch.Generator) -> dict[str, Any]:
+    """Every random stream of the run, as tensors and plain values (a checkpoint holds no code)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": random.getstate(),
         "cameras": cam_gen.get_state(),
     }
@@ -99,8 +101,12 @@ def set_rng_state(state: dict[str, Any], cam_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = numpy_state["keys"].cpu().numpy().astype(np.uint32)
+        numpy_state = (numpy_state["name"], keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)  # older checkpoints: numpy's own tuple
+    random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state["python"]))
     cam_gen.set_state(state["cameras"].cpu())
 
 
@@ -175,11 +181,13 @@ def generate(
     resume: bool = False,
     priors: tuple[Prior | None, Prior | None] | None = None,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Train one scene for ``prompt``; write everything into a run folder and return it.
 
     ``resume=True`` continues ``run_dir`` from its checkpoint. ``priors`` lets a batch share
-    loaded models across prompts.
+    loaded models across prompts. ``should_stop`` is asked between steps (besides SIGINT/SIGTERM):
+    when it says yes, the run checkpoints and raises :class:`RunInterrupted`.
     """
     cfg.validate()
     prompts = build_prompts(prompt, cfg)
@@ -190,6 +198,7 @@ def generate(
         save_config(cfg, prompt, run_dir / "config.json")
     summary: dict[str, Any] = {
         "prompt": prompt,
+        "recipe": cfg.recipe,
         "guidance": cfg.guidance,
         "scene": cfg.scene,
         "prior": cfg.prior,
@@ -202,7 +211,7 @@ def generate(
     t0 = time.perf_counter()
     try:
         try:
-            result = _train(prompt, prompts, cfg, device, run_dir, resume, priors, progress, summary, t0)
+            result = _train(prompt, prompts, cfg, device, run_dir, resume, priors, progress, summary, t0, should_stop)
         except torch.cuda.OutOfMemoryError:
             raise SDS3DError(
                 f"out of GPU memory on {device}; lower --batch-size or --resolution, use --nerf.ray-chunk "
@@ -226,7 +235,7 @@ def _record_end(run_dir: Path, summary: dict[str, Any], status: str, error: str,
         print(f"sds3d: warning: {e}", file=sys.stderr)
 
 
-def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool, priors, progress: bool, summary, t0) -> RunResult:
+def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool, priors, progress: bool, summary, t0, should_stop=None) -> RunResult:
     if priors is None:
         priors = load_priors(cfg, device)
         precompute_prompts(priors, [prompts])
@@ -240,9 +249,13 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
     ckpt_path = run_dir / CHECKPOINT
     if resume:
         ckpt = load_checkpoint(ckpt_path, device)
-        scene.load_state_dict(ckpt["scene"])
-        guidance.load_state_dict(ckpt["guidance"])
-        set_rng_state(ckpt["rng"], cam_gen)
+        require_entries(ckpt, ckpt_path, {"step": int, "scene": dict, "guidance": dict, "rng": dict})
+        load_into(scene, ckpt["scene"], ckpt_path, "scene")
+        load_into(guidance, ckpt["guidance"], ckpt_path, "guidance")
+        try:
+            set_rng_state(ckpt["rng"], cam_gen)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise SDS3DError(f"checkpoint {ckpt_path}: its random state is damaged ({type(e).__name__}: {e}); start the run again") from None
         start = int(ckpt["step"])
         summary["resumed_from_step"] = start
 
@@ -256,12 +269,11 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
     t_step = time.perf_counter()
     with (run_dir / "metrics.jsonl").open("a" if resume else "w") as metrics, stop_signals() as stop:
         for step in bar:
-            if stop:
+            if stop or (should_stop is not None and should_stop()):
                 check_finite(scene, step - 1, run_dir)  # never replace a good checkpoint with NaNs
                 checkpoint(step)
-                raise RunInterrupted(
-                    f"stopped by signal {stop['signal']} at step {step}; checkpoint saved: resume with sds3d generate --resume {run_dir}"
-                )
+                why = f"by signal {stop['signal']}" if stop else "on request"
+                raise RunInterrupted(f"stopped {why} at step {step}; checkpoint saved: resume with sds3d generate --resume {run_dir}")
             res = cfg.resolution_at(step)
             cams = sample_cameras(cfg.cameras, cfg.batch_size, res, res, cfg.num_views, generator=cam_gen, device=device)
             background = training_background(cfg, step, cfg.batch_size, device)

@@ -2,16 +2,14 @@ import json
 import multiprocessing as mp
 
 import pytest
+import torch
 
-from sds3d.batch import (
-    append_manifest,
-    apply_overrides,
-    parse_line,
-    parse_shard,
-    read_entries,
-    read_manifest,
-)
+from sds3d.batch import parse_line, parse_shard, read_entries, read_manifest
+from sds3d.batch.lines import BadLines, typed_overrides
+from sds3d.batch.manifest import append_manifest
+from sds3d.batch.runner import PriorCache
 from sds3d.config import RunConfig
+from sds3d.recipes import apply_overrides, build_recipe
 from sds3d.types import SDS3DError
 
 
@@ -19,14 +17,17 @@ def test_parse_line_and_overrides():
     prompt, ov = parse_line("a corgi | seed=3 steps=20 sds.guidance-scale=50")
     assert prompt == "a corgi"
     assert ov == (("seed", "3"), ("steps", "20"), ("sds.guidance_scale", "50"))
-    cfg = apply_overrides(RunConfig(), (("seed", "3"), ("steps", "20"), ("guidance", "nfsd"), ("view_dependent", "false")))
+    cfg = apply_overrides(RunConfig(), typed_overrides((("seed", "3"), ("steps", "20"), ("guidance", "nfsd"), ("view_dependent", "false"))))
     assert (cfg.seed, cfg.steps, cfg.guidance, cfg.view_dependent) == (3, 20, "nfsd", False)
-    with pytest.raises(SDS3DError, match="unknown option"):
-        apply_overrides(RunConfig(), (("sead", "3"),))
-    with pytest.raises(SDS3DError, match="bad value"):
-        apply_overrides(RunConfig(), (("steps", "many"),))
-    with pytest.raises(SDS3DError, match="bad value"):
-        apply_overrides(RunConfig(), (("guidance", "magic"),))
+    assert typed_overrides((("cameras.fovy_range", "30,50"), ("export.threshold", "none"))) == {"cameras.fovy_range": (30.0, 50.0), "export.threshold": None}
+    with pytest.raises(SDS3DError, match="unknown option 'sead'"):
+        typed_overrides((("sead", "3"),))
+    with pytest.raises(SDS3DError, match="bad value for 'steps'"):
+        typed_overrides((("steps", "many"),))
+    with pytest.raises(SDS3DError, match="choose from sds, vsd"):
+        typed_overrides((("guidance", "magic"),))
+    with pytest.raises(SDS3DError, match="no field 'sh_degre' of gaussians"):
+        typed_overrides((("gaussians.sh_degre", "1"),))
     with pytest.raises(SDS3DError, match="key=value"):
         parse_line("a corgi | seed")
 
@@ -34,25 +35,62 @@ def test_parse_line_and_overrides():
 def test_read_entries_comments_blanks_duplicates(tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("# c\n a corgi \n\na cat | seed=2\na corgi\na cat | seed=2\na cat\n")
-    entries = read_entries((f,), RunConfig(prior="exemplar", steps=5))
+    entries = read_entries((f,), {"prior": "exemplar", "steps": 5})
     assert [(e.prompt, e.cfg.seed) for e in entries] == [("a corgi", 0), ("a cat", 2), ("a cat", 0)]
     assert [e.index for e in entries] == [0, 1, 2]
     assert entries[1].run_name() == "0001-a-cat"
+    assert all(e.cfg.recipe == "exemplar" and e.cfg.steps == 5 for e in entries)
 
 
-def test_bad_values_fail_before_any_model_loads(tmp_path):
+def test_every_bad_line_of_every_file_is_one_file_line_reason(tmp_path):
+    """Unknown options, bad values, a nested config's own validation and a cross-field check:
+    all reported together, each as FILE:LINE: reason naming the option as written."""
+    a = tmp_path / "a.txt"
+    a.write_text("a snowman\n# comment\na snowman | cameras.fovy_range=10,5\na snowman | scene=nerf nerf.radius=-1\n")
+    b = tmp_path / "b.txt"
+    b.write_text("a cat | sead=3\n\na cat | steps=many\na cat | resolution=60\na cat | guidance=coupled batch_size=6\n | seed=3\n")
+    with pytest.raises(BadLines) as e:
+        read_entries((a, b), {"prior": "exemplar"})
+    lines = e.value.lines
+    assert [line.split(": ", 1)[0] for line in lines] == [f"{a}:3", f"{a}:4", f"{b}:1", f"{b}:3", f"{b}:4", f"{b}:5", f"{b}:6"]
+    assert "cameras.fovy_range: --cameras.fovy-range: low 10.0 > high 5.0" in lines[0]
+    assert "nerf.radius" in lines[1] and "radius" in lines[1]
+    assert "unknown option 'sead'" in lines[2] and "bad value for 'steps'" in lines[3]
+    assert "multiples of 8" in lines[4] and "multiple of 4" in lines[5] and "empty prompt" in lines[6]
+    assert all("\n" not in line and "Traceback" not in line for line in lines)
+
+
+def test_bad_lines_exit_2_before_any_work(tmp_path, capsys):
+    from sds3d.cli import main
+
     f = tmp_path / "p.txt"
-    f.write_text("a corgi | steps=-1\n")
-    with pytest.raises(SDS3DError, match="steps must be positive"):
-        read_entries((f,), RunConfig())
-    f.write_text("a corgi | resolution=60\n")
-    with pytest.raises(SDS3DError, match="multiples of 8"):
-        read_entries((f,), RunConfig())
-    f.write_text("# only comments\n\n")
-    with pytest.raises(SDS3DError, match="no prompts"):
-        read_entries((f,), RunConfig())
-    with pytest.raises(SDS3DError, match="not found"):
-        read_entries((tmp_path / "missing.txt",), RunConfig())
+    f.write_text("a snowman\na snowman | cameras.fovy_range=10,5\na snowman | nerf.radius=-1 scene=nerf\n")
+    assert main(["batch", str(f), "--prior", "exemplar", "--device", "cpu", "--batch-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"{f}:2: cameras.fovy_range") and err[1].startswith(f"{f}:3: nerf.radius")
+    assert "nothing was run" in err[-1] and len(err) == 3
+    assert not (tmp_path / "out").exists()
+
+
+def test_prior_cache_loads_one_model_per_distinct_spec(tmp_path, monkeypatch):
+    """Lines that differ only in a prior option load two models; lines that differ elsewhere share one."""
+    import sds3d.batch.runner as runner
+
+    loads = []
+    monkeypatch.setattr(runner, "load_prior", lambda spec: loads.append(spec) or object())
+    monkeypatch.setattr(runner, "precompute_prompts", lambda priors, sets: None)
+    f = tmp_path / "p.txt"
+    f.write_text(
+        "a snowman\na snowman | seed=4 steps=9 sds.guidance_scale=3\na snowman | exemplar.camera_sigma=20\n"
+        "a coffee mug | prior=some/sd diffusers.dtype=fp32\na coffee mug | prior=some/sd diffusers.tiny_vae=taesd\n"
+        "a coffee mug | prior=some/sd seed=2 diffusers.dtype=fp32\n"
+    )
+    entries = read_entries((f,), {"prior": "exemplar", "device": "cpu"})
+    assert [e.cfg.recipe for e in entries] == ["exemplar"] * 3 + ["text-to-image"] * 3
+    cache = PriorCache(entries)
+    got = [cache.get(e, torch.device("cpu"))[0] for e in entries]
+    assert len(loads) == 4
+    assert got[0] is got[1] and got[0] is not got[2] and got[3] is not got[4] and got[3] is got[5]
 
 
 def test_shards_partition_the_prompts(monkeypatch):
@@ -168,7 +206,9 @@ def test_two_concurrent_shards_write_one_consistent_manifest(tmp_path):
 
 
 def test_bad_batch_inputs_fail_before_any_model_loads(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(batch, "load_priors", lambda *a: pytest.fail("a model loaded"))
+    import sds3d.batch.runner as runner
+
+    monkeypatch.setattr(runner, "load_prior", lambda *a: pytest.fail("a model loaded"))
     good = tmp_path / "good.txt"
     good.write_text("a snowman\n")
     binary = tmp_path / "binary.txt"
@@ -189,7 +229,7 @@ def test_bad_batch_inputs_fail_before_any_model_loads(tmp_path, monkeypatch, cap
     for args, message in cases:
         assert main(["batch", *args, *FAST[:4], "--output-dir", str(tmp_path / "out")]) != 0, args
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (args, err)
+        assert message in err[0] and (len(err) == 1 or err[-1].endswith("run the same command again")), (args, err)
     assert not (tmp_path / "out").exists()
     assert blocker.read_text() == "x"
 

@@ -82,17 +82,3 @@ def test_help_documents_options():
     for flag in ("--scene", "--guidance", "--prior", "--steps", "--seed", "--output-dir", "--device", "--negative-prompt",
                  "--resolution", "--batch-size", "--sds.guidance-scale", "--resume", "--export.formats", "--perp-neg"):
         assert flag in out.stdout, flag
-
-
-def test_exemplar_prior_starts_from_the_exemplar_recipe():
-    from sds3d.cli import default_run
-    from sds3d.config import RunConfig, exemplar_recipe
-
-    assert default_run(["generate", "a snowman"]) == RunConfig()
-    recipe = default_run(["generate", "a snowman", "--prior", "exemplar", "--steps", "5"])
-    assert recipe == exemplar_recipe() and recipe.sds.guidance_scale == 1.0 and recipe.steps == 300
-    assert default_run(["batch", "f.txt", "--prior=exemplar:/lib"]).prior == "exemplar:/lib"
-    # The recipe changes scales and the CPU scene presets, never the method formulas' other defaults.
-    assert RunConfig().sds.guidance_scale == 100.0 and recipe.vsd.lr == RunConfig().vsd.lr
-    with pytest.raises(Exception, match="exemplar prior"):
-        exemplar_recipe("stabilityai/sd")

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sds3d.config import DiffusersOptions, RunConfig, load_config, resolve_device, save_config
+from sds3d.config import DiffusersOptions, RunConfig, resolve_device, save_config
+from sds3d.recipes import load_config
 from sds3d.types import SDS3DError
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sds3d.cameras import orbit_cameras
-from sds3d.config import exemplar_recipe, to_jsonable
+from sds3d.config import to_jsonable
+from sds3d.recipes import exemplar_recipe
 from sds3d.scenes.gaussians import EXEMPLAR_GAUSSIANS, GaussiansConfig, means_lr
 from sds3d.types import SDS3DError
 
@@ -74,3 +75,85 @@ def test_exemplar_recipe_is_unchanged_by_the_real_prior_recipes() -> None:
     # centre-lr decay, which is off there
     assert now["gaussians"]["lr_means"] == before["gaussians"]["lr_means"]
     assert now["gaussians"]["lr_means_final"] is None and EXEMPLAR_GAUSSIANS.lr_means_final is None
+
+
+# ---------------------------------------------------------------------- one recipe system (sds3d.recipes)
+
+import dataclasses  # noqa: E402
+import json as _json  # noqa: E402
+
+from sds3d.batch import read_entries  # noqa: E402
+from sds3d.cli import parse_command  # noqa: E402
+from sds3d.config import RunConfig, save_config  # noqa: E402
+from sds3d.recipes import build_recipe, load_config, resolve_run  # noqa: E402
+
+
+def _cli(*args: str) -> RunConfig:
+    return parse_command(["generate", "a snowman", *args])[0].run
+
+
+def test_the_recipe_follows_from_the_prior_and_typed_options_win() -> None:
+    assert _cli() == build_recipe("text-to-image") and _cli().recipe == "text-to-image"
+    ex = _cli("--prior", "exemplar")
+    assert ex == exemplar_recipe() and ex.recipe == "exemplar" and ex.sds.guidance_scale == 1.0 and ex.steps == 300
+    assert _cli("--prior=exemplar:/lib").prior == "exemplar:/lib" and _cli("--prior=exemplar:/lib").recipe == "exemplar"
+    # a typed value wins even where it equals another recipe's default (1200 is text-to-image's)
+    assert _cli("--prior", "exemplar", "--steps", "1200").steps == 1200
+    assert _cli("--prior", "exemplar", "--sds.guidance-scale", "100").sds.guidance_scale == 100.0
+    # --recipe alone picks its prior; an untyped option never overrides the recipe
+    r = _cli("--recipe", "exemplar", "--seed", "4")
+    assert r.prior == "exemplar" and r.seed == 4 and r.gaussians == exemplar_recipe().gaussians
+    assert _cli("--recipe", "coupled").guidance == "coupled" and _cli("--recipe", "mvdream").guidance == "mvsds"
+    with pytest.raises(SDS3DError, match="recipe exemplar needs an exemplar prior"):
+        resolve_run({"recipe": "exemplar", "prior": "stabilityai/sd"})
+    with pytest.raises(Exception, match="exemplar prior"):
+        exemplar_recipe("stabilityai/sd")
+    # the recipe changes scales and the CPU scene presets, never the method formulas' other defaults
+    assert RunConfig().sds.guidance_scale == 100.0 and ex.vsd.lr == RunConfig().vsd.lr
+
+
+def test_a_batch_line_gets_the_same_config_as_generate(tmp_path) -> None:
+    """Precedence: recipe < command-line options < line overrides; the recipe of a line follows
+    from its own prior, not from the command line's words."""
+    f = tmp_path / "p.txt"
+    f.write_text("a snowman | prior=exemplar\na snowman | prior=exemplar steps=7\na snowman | recipe=exemplar seed=2\n")
+    plain, seven, recipe = read_entries((f,), {})
+    assert plain.cfg == _cli("--prior", "exemplar") and plain.cfg.recipe == "exemplar"
+    assert seven.cfg == _cli("--prior", "exemplar", "--steps", "7")
+    assert recipe.cfg == _cli("--recipe", "exemplar", "--seed", "2")
+    _, typed = parse_command(["batch", str(f), "--steps", "50", "--seed", "9"])
+    plain, seven, recipe = read_entries((f,), typed)
+    assert (plain.cfg.steps, seven.cfg.steps, recipe.cfg.steps) == (50, 7, 50)
+    assert (plain.cfg.seed, recipe.cfg.seed) == (9, 2) and plain.cfg.sds.guidance_scale == 1.0
+
+
+def test_config_json_records_the_recipe_and_fills_missing_fields_from_it(tmp_path) -> None:
+    cfg = dataclasses.replace(_cli("--prior", "exemplar"), seed=5)
+    save_config(cfg, "a snowman", tmp_path / "config.json")
+    data = _json.loads((tmp_path / "config.json").read_text())
+    assert data["config"]["recipe"] == "exemplar"
+    assert load_config(tmp_path / "config.json") == ("a snowman", cfg)
+    del data["config"]["gaussians"]["alpha_entropy"], data["config"]["steps"]
+    (tmp_path / "partial.json").write_text(_json.dumps(data))
+    _, partial = load_config(tmp_path / "partial.json")
+    assert partial.gaussians.alpha_entropy == EXEMPLAR_GAUSSIANS.alpha_entropy != GaussiansConfig().alpha_entropy
+    assert partial.steps == 300 and partial.seed == 5
+    del data["config"]["recipe"]  # written before recipes were recorded: RunConfig() fills, as it always did
+    (tmp_path / "legacy.json").write_text(_json.dumps(data))
+    _, legacy = load_config(tmp_path / "legacy.json")
+    assert legacy.steps == 1200 and legacy.recipe is None and legacy.gaussians.alpha_entropy == GaussiansConfig().alpha_entropy
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["cameras"].update(fovy_range=[10, 5]), "cameras.fovy-range: low 10 > high 5"),
+    (lambda c: c.update(recipe="magic"), "unknown recipe 'magic'"),
+    (lambda c: c.update(cameras=7), "expected an object for CameraConfig"),
+])  # fmt: skip
+def test_a_bad_config_json_is_one_line(tmp_path, change, message) -> None:
+    save_config(_cli("--prior", "exemplar"), "a snowman", tmp_path / "config.json")
+    data = _json.loads((tmp_path / "config.json").read_text())
+    change(data["config"])
+    (tmp_path / "config.json").write_text(_json.dumps(data))
+    with pytest.raises(SDS3DError, match="bad run config") as e:
+        load_config(tmp_path / "config.json")
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from sds3d.config import RunConfig, exemplar_recipe
+from sds3d.config import RunConfig
+from sds3d.recipes import exemplar_recipe
 from sds3d.train import training_background
 from sds3d.types import SDS3DError
 

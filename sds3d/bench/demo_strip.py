@@ -89,7 +89,7 @@ def strip_image(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
 
 def run_demo(cfg: DemoStripConfig) -> Path:
     """``sds3d generate PROMPT --prior exemplar --scene S --device D --output-dir O``; the run folder."""
-    from sds3d.config import exemplar_recipe
+    from sds3d.recipes import exemplar_recipe
     from sds3d.train import generate
 
     run = dataclasses.replace(exemplar_recipe(), scene=cfg.scene, device=cfg.device, output_dir=cfg.output_dir)

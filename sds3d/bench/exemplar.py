@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
-from sds3d.config import GuidanceName, RunConfig, SceneName, exemplar_recipe, resolve_device
+from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
+from sds3d.recipes import exemplar_recipe
 from sds3d.export import ExportConfig
 from sds3d.types import SDS3DError
 
@@ -83,7 +84,7 @@ class BenchConfig:
         ),
     )
     """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...);
-    defaults: ``sds3d.config.exemplar_recipe()`` (128^3 meshes) with 8 mesh-fidelity views at 128 px."""
+    defaults: ``sds3d.recipes.exemplar_recipe()`` (128^3 meshes) with 8 mesh-fidelity views at 128 px."""
 
 
 def _run_config(cfg: BenchConfig, guidance: str, scene: str, seed: int) -> RunConfig:

@@ -141,7 +141,7 @@ def smoothed_mesh(scene: Scene, cams_cfg, lo: np.ndarray, hi: np.ndarray, res: i
 
 def _load(run_dir: Path):
     from sds3d.checkpoint import load_checkpoint
-    from sds3d.config import load_config
+    from sds3d.recipes import load_config
     from sds3d.factory import build_scene
     from sds3d.train import set_scene_training
 

@@ -9,7 +9,7 @@ ICLR 2023).
 Defaults (GaussianDreamer's SD-2.1 recipe for 3D Gaussians, 1,200 steps, see docs/recipes.md):
 s = 100, t in [0.02, 0.98] T with t_max -> 0.55 after 5/12 of the steps (step 500 of 1,200),
 and g clamped elementwise to [-c, c] with c rising linearly 1.5 -> 2.0 over the first 5/6 of
-the steps (1,000 of 1,200). The exemplar recipe (:func:`sds3d.config.exemplar_recipe`) keeps
+the steps (1,000 of 1,200). The exemplar recipe (:func:`sds3d.recipes.exemplar_recipe`) keeps
 the fixed range and no clipping. ``e(y)`` uses the camera's
 view-dependent prompt; both predictions come from ONE ``prior.predict_noise`` call. With
 Perp-Neg (``PromptSet.perp_neg``) the front and side view prompts join that call and
