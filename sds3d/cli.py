@@ -172,6 +172,8 @@ def parse_command(argv: list[str]) -> tuple[Any, dict[str, Any]]:
     tyro fills untyped options with the defaults it is given, so the command line is parsed once
     with each recipe as the defaults: an option is set exactly when some parse differs from its
     recipe there (a typed value that equals every recipe's is the same whichever recipe wins)."""
+    if any(a in ("-h", "--help") for a in argv):
+        _print_help(argv)
     parsed: list[tuple[RunConfig, Any]] = []
     first_error: Exception | None = None
     for name in RECIPE_NAMES:
@@ -194,6 +196,19 @@ def parse_command(argv: list[str]) -> tuple[Any, dict[str, Any]]:
     if isinstance(cmd, Generate) and cmd.resume is not None:
         return cmd, typed  # the run's own saved config is used
     return dataclasses.replace(cmd, run=resolve_run(typed)), typed
+
+
+def _print_help(argv: list[str]) -> None:
+    """``--help`` shows the defaults of the recipe the other options select (``--prior exemplar
+    --help`` prints the exemplar recipe's values); tyro prints and exits."""
+    rest = [a for a in argv if a not in ("-h", "--help")]
+    name = "text-to-image"
+    try:
+        _, typed = parse_command(rest)
+        name = resolve_run(typed).recipe or name
+    except (SDS3DError, ValueError, SystemExit):
+        pass  # an incomplete command line (no prompt yet): the text-to-image defaults
+    tyro.cli(_commands(build_recipe(name)), prog="sds3d", description="Text to 3D by score distillation (3D Gaussians or NeRF).", args=argv)  # type: ignore[call-overload]
 
 
 def main(argv: list[str] | None = None) -> int:

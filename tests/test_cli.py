@@ -82,3 +82,15 @@ def test_help_documents_options():
     for flag in ("--scene", "--guidance", "--prior", "--steps", "--seed", "--output-dir", "--device", "--negative-prompt",
                  "--resolution", "--batch-size", "--sds.guidance-scale", "--resume", "--export.formats", "--perp-neg"):
         assert flag in out.stdout, flag
+
+
+@pytest.mark.parametrize("argv, steps", [(["generate", "--help"], 1200), (["generate", "--prior", "exemplar", "--help"], 300),
+                                         (["batch", "f.txt", "--recipe", "exemplar", "--help"], 300)])
+def test_help_shows_the_selected_recipe(argv, steps, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if "Optimization steps" in l)
+    assert f"(default: {steps})" in line
