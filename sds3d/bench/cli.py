@@ -1,4 +1,4 @@
-"""``sds3d bench exemplar|speed|rasterizer|surfaces|demo-strip``: the benchmarks, each printing a
+"""``sds3d bench exemplar|speed|rasterizer|surfaces|demo-strip|batch``: the benchmarks, each printing a
 table, and the README's picture."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from sds3d.bench.batch_engines import BatchBenchConfig, run_batch_bench
 from sds3d.bench.demo_strip import DemoStripConfig, run_demo_strip
 from sds3d.bench.exemplar import BenchConfig, run_bench
 from sds3d.bench.rasterizer import RasterizerBenchConfig, run_rasterizer_bench
@@ -19,12 +20,14 @@ BenchCommand = Union[
     Annotated[RasterizerBenchConfig, tyro.conf.subcommand("rasterizer", prefix_name=False)],
     Annotated[SurfacesBenchConfig, tyro.conf.subcommand("surfaces", prefix_name=False)],
     Annotated[DemoStripConfig, tyro.conf.subcommand("demo-strip", prefix_name=False)],
+    Annotated[BatchBenchConfig, tyro.conf.subcommand("batch", prefix_name=False)],
 ]
 
 
 def bench(cmd: Annotated[BenchCommand, tyro.conf.arg(name="")]) -> BenchCommand:
     """Benchmarks: exemplar (quality on CPU), speed (step time vs the UNet floor), rasterizer,
-    surfaces (mesh extraction methods on trained runs), demo-strip (the README's picture)."""
+    surfaces (mesh extraction methods on trained runs), demo-strip (the README's picture), batch
+    (a prompt file under the local and the Ray engine)."""
     return cmd
 
 
@@ -39,6 +42,8 @@ def run_bench_command(cmd: object) -> int:
         run_surfaces_bench(cmd)
     elif isinstance(cmd, DemoStripConfig):
         run_demo_strip(cmd)
+    elif isinstance(cmd, BatchBenchConfig):
+        run_batch_bench(cmd)
     else:
         raise TypeError(f"unknown bench command {cmd!r}")
     return 0
