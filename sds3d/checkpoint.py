@@ -75,7 +75,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", if_missing: 
             "tensors and plain values; do not use this file (nothing in it was run)"
         ) from None
     except Exception as e:  # noqa: BLE001 - any other failure means a broken file
-        raise SDS3DError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the file is damaged") from None
+        raise SDS3DError(f"cannot read checkpoint {path}: {_first_line(e)}; the file is damaged") from None
     if not isinstance(state, dict):
         raise SDS3DError(f"checkpoint {path} is not a sds3d checkpoint (a {type(state).__name__}, not a dict of entries)")
     return state
@@ -139,5 +139,10 @@ def load_into(obj: Any, saved: Any, path: Path, where: str) -> None:
     except SDS3DError:
         raise
     except Exception as e:  # noqa: BLE001 - a state that does not fit, whatever the loader raises
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SDS3DError(f"checkpoint {path}: {where} does not fit this run ({first}); resume or export with the run's own config.json") from None
+        raise SDS3DError(f"checkpoint {path}: {where} does not fit this run ({_first_line(e)}); resume or export with the run's own config.json") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -164,6 +164,11 @@ def _commands(run: RunConfig) -> Any:
     ]
 
 
+def _tyro(run: RunConfig, argv: list[str]) -> Any:
+    """The command of ``argv`` with ``run`` as generate's and batch's defaults."""
+    return tyro.cli(_commands(run), prog="sds3d", description="Text to 3D by score distillation (3D Gaussians or NeRF).", args=argv)  # type: ignore[call-overload]
+
+
 def parse_command(argv: list[str]) -> tuple[Any, dict[str, Any]]:
     """(command, the run options the user set). For generate and batch the command's ``run`` is
     :func:`sds3d.recipes.resolve_run` of the options set, so a recipe's value is replaced only by
@@ -179,7 +184,7 @@ def parse_command(argv: list[str]) -> tuple[Any, dict[str, Any]]:
     for name in RECIPE_NAMES:
         base = build_recipe(name)
         try:
-            cmd = tyro.cli(_commands(base), prog="sds3d", description="Text to 3D by score distillation (3D Gaussians or NeRF).", args=argv)  # type: ignore[call-overload]
+            cmd = _tyro(base, argv)
         except (SDS3DError, ValueError) as e:  # config validation while parsing, against this recipe
             first_error = first_error or e
             continue
@@ -208,7 +213,7 @@ def _print_help(argv: list[str]) -> None:
         name = resolve_run(typed).recipe or name
     except (SDS3DError, ValueError, SystemExit):
         pass  # an incomplete command line (no prompt yet): the text-to-image defaults
-    tyro.cli(_commands(build_recipe(name)), prog="sds3d", description="Text to 3D by score distillation (3D Gaussians or NeRF).", args=argv)  # type: ignore[call-overload]
+    _tyro(build_recipe(name), argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,7 +192,7 @@ def load_config(path: Path) -> tuple[str, RunConfig]:
         if recipe is not None and recipe not in RECIPE_NAMES:
             raise SDS3DError(f"unknown recipe {recipe!r}")
         base = RunConfig() if recipe is None else build_recipe(recipe, saved.get("prior"))
-        cfg = apply_overrides(base, leaf_diff(from_jsonable(RunConfig, saved, base), base))
+        cfg = from_jsonable(RunConfig, saved, base)
     except (SDS3DError, ValueError, TypeError) as e:
         raise SDS3DError(f"bad run config {path}: {e}; fix the value in the file or start a new run") from None
     if "white_start" not in saved and cfg.background == "auto" and cfg.is_exemplar:

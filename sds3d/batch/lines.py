@@ -48,6 +48,10 @@ class BatchEntry:
 
         return f"{self.index:04d}-{slugify(self.prompt, 40)}"
 
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """A manifest record of this entry: who it is, then ``fields`` (status, error, ...)."""
+        return {"index": self.index, "prompt": self.prompt, "overrides": dict(self.overrides), "run_dir": self.run_name(), **fields}
+
 
 def parse_line(line: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """``'a corgi | seed=3 steps=2000'`` -> ``('a corgi', (('seed','3'), ('steps','2000')))``."""

@@ -78,9 +78,9 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def done_record(entry: Any, batch_dir: Path) -> dict[str, Any]:
-    """The record of a run folder that finished without its record being written (its driver was
-    killed between the two), from the run's summary.json."""
+    """The record of a run folder (a :class:`~sds3d.batch.lines.BatchEntry`'s) that finished
+    without its record being written (its driver was killed between the two), from the run's
+    summary.json."""
     summary = json.loads((batch_dir / entry.run_name() / "summary.json").read_text())
-    return {"index": entry.index, "prompt": entry.prompt, "overrides": dict(entry.overrides), "run_dir": entry.run_name(),
-            "status": "done", "error": None, "seconds": summary.get("seconds"), "resumed_from_step": summary.get("resumed_from_step"),
-            "note": "recorded from summary.json on a rerun"}  # fmt: skip
+    return entry.record(status="done", error=None, seconds=summary.get("seconds"), resumed_from_step=summary.get("resumed_from_step"),
+                        note="recorded from summary.json on a rerun")  # fmt: skip

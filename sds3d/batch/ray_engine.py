@@ -227,8 +227,7 @@ class RayEngine:
 
 
 def _driver_record(entry: BatchEntry, status: str, error: str, attempt: int) -> dict[str, Any]:
-    return {"index": entry.index, "prompt": entry.prompt, "overrides": dict(entry.overrides), "run_dir": entry.run_name(),
-            "status": status, "error": error, "seconds": None, "attempts": attempt + 1}  # fmt: skip
+    return entry.record(status=status, error=error, seconds=None, attempts=attempt + 1)
 
 
 class Progress:

@@ -93,10 +93,7 @@ def run_entry(
     from sds3d.train import CHECKPOINT, RunInterrupted, generate
 
     run_dir = batch_dir / entry.run_name()
-    record: dict[str, Any] = {
-        "index": entry.index, "prompt": entry.prompt, "overrides": dict(entry.overrides), "run_dir": run_dir.name,
-        "host": socket.gethostname(), "pid": os.getpid(),
-    }  # fmt: skip
+    record = entry.record(host=socket.gethostname(), pid=os.getpid())
     t0 = time.perf_counter()
     try:
         device = device or entry.cfg.resolve_device()
