@@ -99,7 +99,15 @@ class GaussiansConfig:
     prune_scale3d: float = 0.2
     """After --gaussians.reset-every steps, prune Gaussians larger than this (world units)."""
     reset_every: int = 700
-    """gsplat's opacity-reset period (gsplat 1.5.3 never resets; it gates large-Gaussian pruning)."""
+    """Period of the opacity reset (--gaussians.opacity-reset), and the step after which large
+    Gaussians are pruned (--gaussians.prune-scale3d), as gsplat's DefaultStrategy uses it."""
+    opacity_reset: bool = False
+    """Off (the default, what every recipe was tuned and measured with): opacities are never reset.
+    On: at every step that is a positive multiple of --gaussians.reset-every and before
+    --gaussians.refine-stop (after that step's densification), every opacity above 2 x --gaussians.prune-opa is set to it and the
+    opacities' Adam moments are zeroed (3DGS's reset, Kerbl et al. 2023). Done here, not by gsplat
+    (whose 1.5.3 reset test ``step % reset_every == 0 & step > 0`` is always false and whose later
+    releases fix it), so the behaviour is the same whichever gsplat is installed."""
     max_gaussians: int = 50_000
     """Upper bound on the number of Gaussians: growth stops there, the faintest are pruned.
     References: threestudio-3dgs 500,000 (its MVDream config 100,000), DreamGaussian and
@@ -200,6 +208,21 @@ def means_lr(cfg: GaussiansConfig, step: int) -> float:
     return math.exp((1 - f) * math.log(cfg.lr_means) + f * math.log(cfg.lr_means_final))
 
 
+GSPLAT_NEVER = 2**62
+"""The reset_every handed to gsplat: no step reaches it, so neither gsplat's opacity reset (in any
+release) nor its large-Gaussian pruning gate fires; GaussianScene does both itself."""
+
+
+@torch.no_grad()
+def reset_opacities(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Optimizer], value: float) -> None:
+    """Opacity reset: logit o <- min(logit o, logit value), and zero the opacities' Adam moments."""
+    splats["opacities"].clamp_(max=math.log(value / (1 - value)))
+    for state in optimizers["opacities"].state.values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key].zero_()
+
+
 def init_splats(cfg: GaussiansConfig, device: torch.device) -> dict[str, Tensor]:
     """Random Gaussians in a ball (uses the global torch RNG)."""
     n = cfg.num_init
@@ -239,7 +262,7 @@ class GaussianScene:
         self.strategy = DefaultStrategy(
             prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
             prune_scale3d=cfg.prune_scale3d, refine_start_iter=cfg.refine_start, refine_stop_iter=cfg.refine_stop,
-            refine_every=cfg.refine_every, reset_every=cfg.reset_every,
+            refine_every=cfg.refine_every, reset_every=GSPLAT_NEVER,  # reset and large-prune gate: ours
         )
         self.full_strategy = self.strategy
         self.no_grow_strategy = dataclasses.replace(self.strategy, grow_grad2d=math.inf)
@@ -296,12 +319,27 @@ class GaussianScene:
         at_cap = self.num_primitives() >= self.cfg.max_gaussians
         strategy = self.no_grow_strategy if at_cap else self.full_strategy
         strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, step, out.info, packed=False)
+        self._reset_and_prune_large(step)
         excess = self.num_primitives() - self.cfg.max_gaussians
         if excess > 0:  # growth overshot the cap: drop the faintest Gaussians
             faint = torch.topk(self.splats["opacities"].detach(), excess, largest=False).indices
             mask = torch.zeros(self.num_primitives(), dtype=torch.bool, device=self.device)
             mask[faint] = True
             remove(self.splats, self.optimizers, self.strategy_state, mask)
+
+    @torch.no_grad()
+    def _reset_and_prune_large(self, step: int) -> None:
+        """After gsplat's refine step: prune Gaussians larger than prune_scale3d once past
+        reset_every (gsplat's rule, with its gate handed to us), then --gaussians.opacity-reset."""
+        cfg = self.cfg
+        if step >= cfg.refine_stop:
+            return
+        if step > cfg.refine_start and step % cfg.refine_every == 0 and step > cfg.reset_every:
+            too_big = torch.exp(self.splats["scales"]).amax(-1) > cfg.prune_scale3d
+            if bool(too_big.any()):
+                remove(self.splats, self.optimizers, self.strategy_state, too_big)
+        if cfg.opacity_reset and step > 0 and step % cfg.reset_every == 0:
+            reset_opacities(self.splats, self.optimizers, 2.0 * cfg.prune_opa)
 
     def num_primitives(self) -> int:
         return int(self.splats["means"].shape[0])
