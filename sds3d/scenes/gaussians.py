@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import remove
+from gsplat.strategy.ops import remove, reset_opa
 from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras
@@ -213,16 +213,6 @@ GSPLAT_NEVER = 2**62
 release) nor its large-Gaussian pruning gate fires; GaussianScene does both itself."""
 
 
-@torch.no_grad()
-def reset_opacities(splats: torch.nn.ParameterDict, optimizers: dict[str, torch.optim.Optimizer], value: float) -> None:
-    """Opacity reset: logit o <- min(logit o, logit value), and zero the opacities' Adam moments."""
-    splats["opacities"].clamp_(max=math.log(value / (1 - value)))
-    for state in optimizers["opacities"].state.values():
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key].zero_()
-
-
 def init_splats(cfg: GaussiansConfig, device: torch.device) -> dict[str, Tensor]:
     """Random Gaussians in a ball (uses the global torch RNG)."""
     n = cfg.num_init
@@ -261,7 +251,7 @@ class GaussianScene:
         self.backend = resolve_backend(cfg.backend, device.type == "cuda")
         self.strategy = DefaultStrategy(
             prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
-            prune_scale3d=cfg.prune_scale3d, refine_start_iter=cfg.refine_start, refine_stop_iter=cfg.refine_stop,
+            refine_start_iter=cfg.refine_start, refine_stop_iter=cfg.refine_stop,
             refine_every=cfg.refine_every, reset_every=GSPLAT_NEVER,  # reset and large-prune gate: ours
         )
         self.full_strategy = self.strategy
@@ -339,7 +329,7 @@ class GaussianScene:
             if bool(too_big.any()):
                 remove(self.splats, self.optimizers, self.strategy_state, too_big)
         if cfg.opacity_reset and step > 0 and step % cfg.reset_every == 0:
-            reset_opacities(self.splats, self.optimizers, 2.0 * cfg.prune_opa)
+            reset_opa(self.splats, self.optimizers, self.strategy_state, 2.0 * cfg.prune_opa)  # logit clamp, Adam moments zeroed
 
     def num_primitives(self) -> int:
         return int(self.splats["means"].shape[0])
