@@ -49,6 +49,10 @@ class PromptSet:
     def empties(self, n: int) -> list[str]:
         return [""] * n
 
+    def unconditionals(self, n: int) -> list[str]:
+        """The unconditional prompt u of classifier-free guidance: the negative prompt if given, else ""."""
+        return self.negatives(n) if self.negative else self.empties(n)
+
 
 def view_prompt(prompt: str, bucket: str) -> str:
     return f"{prompt}, {bucket} view"

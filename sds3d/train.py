@@ -1,6 +1,6 @@
 """The training loop: one prompt -> a run folder with a scene, previews, turntable and mesh.
 
-One step (DESIGN.md):
+One step (docs/design.md):
 
     cams = sample_cameras(...)                 # random orbit views (groups of 4 for MV priors)
     out = scene.render(cams, background)
@@ -35,7 +35,8 @@ from sds3d.cameras import eval_cameras, sample_cameras
 from sds3d.checkpoint import load_checkpoint, load_into, require_entries, save_checkpoint, write_json_atomic
 from sds3d.config import RunConfig, save_config
 from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
-from sds3d.types import Prior, Scene, SDS3DError
+from sds3d.schedule import reached
+from sds3d.types import Prior, Scene, SDS3DError, render_views
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -118,7 +119,7 @@ def training_background(cfg: RunConfig, step: int, batch: int, device: torch.dev
     on white throughout) and a resumed run draws the same."""
     if cfg.background == "black":
         return torch.zeros(batch, 3, device=device)
-    if cfg.background == "white" or step < cfg.white_start * cfg.steps:
+    if cfg.background == "white" or not reached(step, cfg.steps, cfg.white_start):
         return torch.ones(batch, 3, device=device)
     gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) % 2**63)
     colours = torch.rand(batch, 3, generator=gen)
@@ -144,30 +145,16 @@ def stop_signals() -> Iterator[dict[str, int]]:
         yield flag
 
 
-def set_scene_training(scene: Scene, training: bool) -> None:
-    """NeRF shades randomly while training and with albedo in evaluation."""
-    set_training = getattr(scene, "set_training", None)
-    if set_training is not None:
-        set_training(training)
-
-
-@torch.no_grad()
-def render_views(scene: Scene, cfg: RunConfig, n: int, size: int, device: torch.device, chunk: int = 4) -> torch.Tensor:
-    """[n,H,W,3] evaluation renders on white, azimuths evenly spaced from the front."""
+def orbit_views(scene: Scene, cfg: RunConfig, n: int, size: int, device: torch.device) -> torch.Tensor:
+    """[n,H,W,3] evaluation renders on white (CPU), azimuths evenly spaced from the front."""
     cams = eval_cameras(cfg.cameras, n, size, size, device)
-    set_scene_training(scene, False)
-    frames = []
-    for i in range(0, n, chunk):
-        sub = cams[i : i + chunk]
-        frames.append(scene.render(sub, torch.ones(len(sub), 3, device=device)).rgb.clamp(0, 1).cpu())
-    set_scene_training(scene, True)
-    return torch.cat(frames)
+    return render_views(scene, cams, device).rgb.clamp(0, 1)
 
 
 def save_preview(scene: Scene, cfg: RunConfig, path: Path, device: torch.device) -> None:
     from PIL import Image
 
-    views = render_views(scene, cfg, 4, max(cfg.turntable_resolution // 2, 64), device)
+    views = orbit_views(scene, cfg, 4, max(cfg.turntable_resolution // 2, 64), device)
     grid = torch.cat(list(views), dim=1)  # front | side | back | side, left to right
     path.parent.mkdir(exist_ok=True)
     Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(path)
@@ -266,7 +253,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
         )
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="sds3d", unit="step", dynamic_ncols=True)
-    t_step = time.perf_counter()
+    t_step, step_at_log = time.perf_counter(), start
     with (run_dir / "metrics.jsonl").open("a" if resume else "w") as metrics, stop_signals() as stop:
         for step in bar:
             if stop or (should_stop is not None and should_stop()):
@@ -300,7 +287,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
                     "num_primitives": scene.num_primitives(),
                     "resolution": res,
                     "seconds": now - t0,
-                    "seconds_per_step": (now - t_step) / max(cfg.log_every, 1),
+                    "seconds_per_step": (now - t_step) / (step + 1 - step_at_log),  # the steps run since the last record
                 }
                 record.update({k: float(v) for k, v in g.logs.items()})
                 if device.type == "cuda":
@@ -308,7 +295,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 bar.set_postfix(loss=f"{loss_value:.4g}", n=record["num_primitives"])
-                t_step = now
+                t_step, step_at_log = now, step + 1
             if cfg.preview_every and (step + 1) % cfg.preview_every == 0:
                 save_preview(scene, cfg, run_dir / "previews" / f"step_{step + 1:06d}.png", device)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not last:
@@ -346,7 +333,7 @@ def finish(prompt: str, cfg: RunConfig, scene: Scene, device, run_dir: Path, sum
     from sds3d.export.turntable import write_video
 
     save_preview(scene, cfg, run_dir / "previews" / "final.png", device)
-    frames = render_views(scene, cfg, cfg.turntable_frames, cfg.turntable_resolution, device)
+    frames = orbit_views(scene, cfg, cfg.turntable_frames, cfg.turntable_resolution, device)
     files = [write_video(frames, run_dir / "turntable.mp4")]
     exported = export_scene(scene, run_dir, cfg.export, cfg.cameras, device)
     files += list(exported.paths)

@@ -1,11 +1,11 @@
 """The small interfaces every scene, prior and guidance method implements.
 
-The training step (see DESIGN.md) only talks to these:
+The training step (docs/design.md, One run) only talks to these:
 
     cams = sampler.sample(batch)                       # cameras.Cameras
     out = scene.render(cams, background)               # RenderOutput, rgb [B,H,W,3] in [0,1]
     g = guidance(out.rgb, cams, step, max_steps, background)  # GuidanceOutput; its prior encodes
-    loss = g.loss + scene.regularization(out, step)
+    loss = g.loss + scene.regularization(out, step, max_steps)
     scene.pre_backward(step, out); loss.backward(); scene.optimizer_step(step, out)
 
 Concrete classes are built by frozen dataclass configs with a ``setup(...)`` method.
@@ -13,9 +13,11 @@ Concrete classes are built by frozen dataclass configs with a ``setup(...)`` met
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,6 +76,21 @@ class Prior(Protocol):
         ...
 
 
+def to_epsilon(model_output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
+    """A raw model output converted to epsilon (float32), with ``ab = alphas_cumprod[t]``:
+    ``"epsilon"`` as it is; ``"v_prediction"`` ``eps = sqrt(ab) v + sqrt(1 - ab) x_t``;
+    ``"sample"`` ``eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)``."""
+    out = model_output.float()
+    if prediction_type == "epsilon":
+        return out
+    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * out + (1.0 - ab).sqrt() * x_t.float()
+    if prediction_type == "sample":
+        return (x_t.float() - ab.sqrt() * out) / (1.0 - ab).sqrt()
+    raise SDS3DError(f"unsupported prediction_type {prediction_type!r}: use an epsilon, v_prediction or sample model")
+
+
 # ----------------------------------------------------------------------------- guidance
 
 
@@ -116,7 +133,20 @@ class RenderOutput:
 
 @runtime_checkable
 class Scene(Protocol):
-    """A 3D representation that can be rendered, optimized, saved and queried for export."""
+    """A 3D representation that can be rendered, optimized, saved and queried for export.
+
+    Training uses ``render`` .. ``num_primitives``; the export (:mod:`sds3d.export`) uses
+    ``render``, ``eval_mode``, ``bounds``, ``volume_density``, ``density`` and ``albedo``, plus
+    the optional capabilities :class:`GridDensity` and :class:`SplatScene` (checked with
+    ``isinstance``), and nothing else. A new scene type implements this protocol and needs no
+    change outside ``sds3d/scenes/``, ``sds3d/factory.py`` and its config.
+    """
+
+    volume_density: bool
+    """True when ``density`` is a volume density sigma whose volume rendering
+    ``1 - exp(-int sigma ds)`` is the opacity ``render`` shows (a NeRF): the export's automatic
+    iso-level then volume-renders the density grid instead of calling ``render``. False for
+    densities that are not (3D Gaussians: a sum of opacity-weighted kernels)."""
 
     def render(self, cameras: Cameras, background: Tensor) -> RenderOutput:
         """background [B,3] in [0,1]."""
@@ -136,6 +166,17 @@ class Scene(Protocol):
 
     def num_primitives(self) -> int:
         """Gaussians, or occupied grid cells: logged as a size measure."""
+        ...
+
+    def eval_mode(self) -> AbstractContextManager[None]:
+        """A context in which renders are evaluation renders (NeRF: fixed samples and albedo
+        shading; no change for scenes without a training mode); the mode before is restored
+        on exit."""
+        ...
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """World box (lo [3], hi [3], float64) that holds everything the scene shows: where
+        the export samples the density."""
         ...
 
     def density(self, points: Tensor) -> Tensor:
@@ -162,3 +203,34 @@ class GridDensity(Protocol):
         """Density at the nodes ``origin + voxel * (i, j, k)``, ``0 <= i < counts[0]`` ... ->
         [nx, ny, nz]; the same values as ``density`` at those points."""
         ...
+
+
+@runtime_checkable
+class SplatScene(Protocol):
+    """A scene made of 3D Gaussians that can be written as a standard 3DGS ``gaussians.ply``
+    (the export writes one for scenes that have this capability)."""
+
+    def viewer_splats(self) -> dict[str, Tensor]:
+        """Pre-activation parameters as in gsplat's ``simple_trainer`` (``means`` [N,3],
+        ``scales`` [N,3] log, ``quats`` [N,4] wxyz, ``opacities`` [N] logit, ``sh0`` [N,1,3],
+        ``shN`` [N,K,3]), detached, as a viewer should show them."""
+        ...
+
+
+@torch.no_grad()
+def render_views(
+    scene: Scene, cameras: Cameras, device: torch.device | str, chunk: int = 4, background: float = 1.0
+) -> RenderOutput:
+    """Evaluation renders (in ``scene.eval_mode()``) of every camera over a constant
+    ``background`` colour, ``chunk`` cameras at a time, stacked on the CPU as float32: rgb
+    [N,H,W,3], alpha and depth [N,H,W,1] (no normals, no info). The one eval-render loop of
+    the house (previews, turntables, export, benchmarks)."""
+    rgbs, alphas, depths = [], [], []
+    with scene.eval_mode():
+        for i in range(0, len(cameras), chunk):
+            cams = cameras[i : i + chunk].to(device)
+            out = scene.render(cams, torch.full((len(cams), 3), background, device=device))
+            rgbs.append(out.rgb.float().cpu())
+            alphas.append(out.alpha.float().cpu())
+            depths.append(out.depth.float().cpu())
+    return RenderOutput(rgb=torch.cat(rgbs), alpha=torch.cat(alphas), depth=torch.cat(depths))

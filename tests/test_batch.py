@@ -9,7 +9,7 @@ from sds3d.batch.lines import BadLines, typed_overrides
 from sds3d.batch.manifest import append_manifest
 from sds3d.batch.runner import PriorCache
 from sds3d.config import RunConfig
-from sds3d.recipes import apply_overrides, build_recipe
+from sds3d.recipes import apply_overrides
 from sds3d.types import SDS3DError
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import trimesh
 
-from sds3d.cameras import CameraConfig, orbit_cameras, view_buckets
+from sds3d.cameras import orbit_cameras, view_buckets
 from sds3d.priors.exemplar import ExemplarConfig, ExemplarPrior, load_exemplar
 from sds3d.priors.exemplar_library import (
     LibraryObject,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -15,7 +16,6 @@ import trimesh
 from sds3d.cameras import CameraConfig
 from sds3d.export import ExportConfig, export_scene, extract_mesh
 from sds3d.export.cleanup import clean_mesh, decimate
-from sds3d.export.fidelity import chamfer_distance, mask_iou, psnr
 from sds3d.export.marching import auto_threshold, density_grid, marching_cubes, scene_bounds, silhouette_threshold
 from sds3d.export.turntable import ffmpeg_available
 from sds3d.export.writers import OURS_TO_GLTF, read_mesh, write_mesh
@@ -27,10 +27,17 @@ CAMS = CameraConfig()
 class AnalyticScene:
     """A Scene from density/albedo functions, rendered by numerical volume rendering (like a NeRF)."""
 
+    volume_density = True  # rendered by volume rendering its density
+
     def __init__(self, density_fn, albedo_fn, aabb=None, samples: int = 128, extent: float = 0.8):
         self.density_fn, self.albedo_fn, self.samples, self.extent = density_fn, albedo_fn, samples, extent
-        if aabb is not None:
-            self.aabb = torch.tensor(aabb, dtype=torch.float32)
+        self.aabb = np.array([[-1.0] * 3, [1.0] * 3] if aabb is None else aabb, dtype=np.float64)
+
+    def bounds(self):
+        return self.aabb[0], self.aabb[1]
+
+    def eval_mode(self):
+        return contextlib.nullcontext()
 
     def density(self, points):
         return self.density_fn(points)
@@ -265,19 +272,6 @@ def test_gltf_axes_front_is_plus_z(tmp_path):
     assert np.linalg.det(OURS_TO_GLTF[:3, :3]) == pytest.approx(1.0)
     (ply,) = write_mesh(mesh, tmp_path, ["ply"])
     np.testing.assert_allclose(trimesh.load(ply, process=False).vertices, mesh.vertices, atol=1e-6)  # native axes
-
-
-def test_metrics():
-    a = torch.zeros(1, 4, 4, 3)
-    assert psnr(a, a + 0.1) == pytest.approx(20.0)
-    m1 = torch.zeros(1, 4, 4, 1)
-    m1[:, :2] = 1
-    m2 = torch.zeros(1, 4, 4, 1)
-    m2[:, 1:3] = 1
-    assert mask_iou(m1, m2) == pytest.approx(4 / 12)
-    s1 = trimesh.creation.icosphere(4, radius=0.5)
-    s2 = trimesh.creation.icosphere(4, radius=0.55)
-    assert chamfer_distance(s1, s2) == pytest.approx(0.05, abs=0.003)
 
 
 def test_write_video_mp4_and_gif_fallback(tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ def test_graph_sees_the_known_imports() -> None:
     graph = import_graph()
     # the parser must find real edges, lazy ones included, or the checks below prove nothing
     assert "bench/speed.py" in graph["bench"]["priors"]
-    assert "priors" in graph["config"] and "scenes" in graph["export"]
+    assert "priors" in graph["config"] and "cameras" in graph["export"]  # export no longer imports scenes (Scene protocol)
     assert "bench" in graph["cli"]  # cli builds the bench subcommand inside a function
 
 

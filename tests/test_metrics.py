@@ -1,4 +1,5 @@
-"""Benchmark metrics on inputs with known answers."""
+"""The metrics (sds3d.metrics) and the benchmark's conventions on them (sds3d.bench.metrics), on
+inputs with known answers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 import trimesh
 
+from sds3d import metrics
 from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 
 
@@ -64,3 +66,17 @@ def test_janus_score_sign() -> None:
     assert janus_score(torch.rand(3, 8, 8, 3), sym, sym) == pytest.approx(0.0)
     with pytest.raises(ValueError):
         janus_score(front[:2], front, back)
+
+
+def test_core_metrics_known_values() -> None:
+    a = torch.zeros(1, 4, 4, 3)
+    assert metrics.psnr(a, a + 0.1) == pytest.approx(20.0)
+    m1 = torch.zeros(1, 4, 4, 1)
+    m1[:, :2] = 1
+    m2 = torch.zeros(1, 4, 4, 1)
+    m2[:, 1:3] = 1
+    assert metrics.mask_iou(m1, m2) == pytest.approx(4 / 12)
+    s1 = trimesh.creation.icosphere(4, radius=0.5)
+    s2 = trimesh.creation.icosphere(4, radius=0.55)
+    assert metrics.chamfer_distance(s1, s2) == pytest.approx(0.05, abs=0.003)
+    assert metrics.psnr(a, a) == math.inf  # no floor: identical images (the export's convention)

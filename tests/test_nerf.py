@@ -13,7 +13,8 @@ import torch
 from sds3d.cameras import orbit_cameras
 from sds3d.render.nerf_render import dense_intervals, render_rays_dense, sphere_bounds
 from sds3d.scenes.hashgrid import HashGridConfig
-from sds3d.scenes.nerf import EXEMPLAR_NERF, NerfConfig, NerfScene, trunc_exp
+from sds3d.recipes import EXEMPLAR_NERF
+from sds3d.scenes.nerf import NerfConfig, NerfScene, trunc_exp
 from sds3d.types import Scene
 
 TINY_GRID = HashGridConfig(n_levels=4, features_per_level=2, log2_hashmap_size=10, base_resolution=8, per_level_scale=1.5)
@@ -278,8 +279,9 @@ def test_regularizers_non_negative_and_descend(which: str) -> None:
     out = scene.render(cams, torch.ones(2, 3))
     r0 = scene.regularization(out, 0, 10)
     assert r0.item() > 0
-    if which == "orientation":  # the schedule: weight 1 at the start, 2 halfway
-        torch.testing.assert_close(scene.regularization(out, 5, 10), 2 * r0)
+    if which == "orientation":  # sds3d.schedule.lerp: weight 1 at step 0, 2 at step 5 of 0..10, 3 on the last
+        torch.testing.assert_close(scene.regularization(out, 5, 11), 2 * r0)
+        torch.testing.assert_close(scene.regularization(out, 10, 11), 3 * r0)
     r0.backward()
     with torch.no_grad():
         for p in scene.field.parameters():

@@ -12,7 +12,8 @@ import torch
 from sds3d.cameras import orbit_cameras
 from sds3d.config import to_jsonable
 from sds3d.recipes import exemplar_recipe
-from sds3d.scenes.gaussians import EXEMPLAR_GAUSSIANS, GaussiansConfig, means_lr
+from sds3d.recipes import EXEMPLAR_GAUSSIANS
+from sds3d.scenes.gaussians import GaussiansConfig, means_lr
 from sds3d.types import SDS3DError
 
 BEFORE = Path(__file__).parent / "data" / "exemplar_recipe_before_issue17.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -35,8 +36,16 @@ def truth_colours(v: np.ndarray) -> np.ndarray:
 class MeshScene:
     """A 'scene' whose renders are the anti-aliased ray casts of a coloured mesh (the truth)."""
 
+    volume_density = False
+
     def __init__(self, mesh: trimesh.Trimesh):
         self.mesh = mesh
+
+    def bounds(self):
+        return np.full(3, -0.6), np.full(3, 0.6)
+
+    def eval_mode(self):
+        return contextlib.nullcontext()
 
     def render(self, cameras, background) -> RenderOutput:
         rgb, alpha = render_mesh_antialiased(self.mesh, cameras, 2)

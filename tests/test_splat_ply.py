@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from sds3d.export.marching import scene_bounds
 from sds3d.export.splat_axes import SPLAT_AXES, matrix_to_quat, rotate_splats
 from sds3d.export.writers import read_splat_ply, write_splat_ply
 from sds3d.render.torch_rasterizer import quat_to_rotmat, rasterization
@@ -88,20 +87,6 @@ def test_reader_rejects_other_ply(tmp_path):
     path.write_bytes(b"not a ply")
     with pytest.raises(SDS3DError):
         read_splat_ply(path)
-
-
-def test_bounds_of_gaussian_scene():
-    class Splatted:
-        splats = {
-            "means": torch.tensor([[0.2, 0.0, 0.0], [-0.1, 0.3, 0.0], [5.0, 5.0, 5.0]]),
-            "scales": torch.log(torch.full((3, 3), 0.01)),
-            "quats": torch.tensor([[1.0, 0, 0, 0]] * 3),
-            "opacities": torch.tensor([2.0, 2.0, -20.0]),  # the far one is transparent
-        }
-
-    lo, hi = scene_bounds(Splatted())
-    np.testing.assert_allclose(lo, [-0.13, -0.03, -0.03], atol=1e-6)
-    np.testing.assert_allclose(hi, [0.23, 0.33, 0.03], atol=1e-6)
 
 
 def test_quaternion_of_each_axes_rotation():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import trimesh
 
 from sds3d.cameras import CameraConfig
-from sds3d.export.texture import bake_texture, fill_empty, rasterize_uv, texel_colours
+from sds3d.export.texture import bake_texture, fill_empty, rasterize_uv
 from sds3d.export.writers import read_mesh, write_mesh
 from sds3d.types import RenderOutput
 
@@ -23,8 +25,16 @@ class RedBlueSphere:
 
     ``albedo`` can be set to a wrong colour so a bake from renders cannot borrow it."""
 
+    volume_density = True
+
     def __init__(self, albedo_fn=red_blue):
         self.albedo_fn = albedo_fn
+
+    def bounds(self):
+        return np.full(3, -1.0), np.full(3, 1.0)
+
+    def eval_mode(self):
+        return contextlib.nullcontext()
 
     def albedo(self, points):
         return self.albedo_fn(points)
@@ -43,6 +53,18 @@ class RedBlueSphere:
         alpha = hit.float()[..., None]
         rgb = alpha * col + (1 - alpha) * background[:, None, None, :]
         return RenderOutput(rgb, alpha, alpha * t[..., None])
+
+
+def texel_colours(mesh, uv=None):
+    """Texture colour [N,3] in [0,1] at uv coordinates [N,2] (default: the vertices'; nearest texel)."""
+    mat = mesh.visual.material
+    image = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
+    image = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    uv = np.asarray(mesh.visual.uv if uv is None else uv, dtype=np.float64)
+    size_h, size_w = image.shape[:2]
+    col = np.clip((uv[:, 0] * size_w).astype(np.int64), 0, size_w - 1)
+    row = np.clip(((1.0 - uv[:, 1]) * size_h).astype(np.int64), 0, size_h - 1)
+    return image[row, col]
 
 
 def surface_points(mesh):
@@ -126,19 +148,9 @@ def test_bake_from_albedo_field_and_textured_files(tmp_path):
         assert isinstance(back.visual, trimesh.visual.TextureVisuals)
         np.testing.assert_allclose(back.vertices.mean(0), baked.vertices.mean(0), atol=1e-5)
         # sample the reloaded texture at the reloaded uvs: front vertices red, back vertices blue
-        colours = texel_colours_any(back)
+        colours = texel_colours(back)
         front = back.vertices[:, 0] > 0.1
         assert colours[front, 0].mean() > 0.9 and colours[~front & (back.vertices[:, 0] < -0.1), 2].mean() > 0.9
-
-
-def texel_colours_any(mesh):
-    mat = mesh.visual.material
-    image = getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
-    img = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
-    uv = mesh.visual.uv
-    col = np.clip((uv[:, 0] * img.shape[1]).astype(int), 0, img.shape[1] - 1)
-    row = np.clip(((1 - uv[:, 1]) * img.shape[0]).astype(int), 0, img.shape[0] - 1)
-    return img[row, col]
 
 
 def test_vertex_colours_from_renders():

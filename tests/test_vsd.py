@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from sds3d.cameras import Cameras, orbit_cameras
-from sds3d.guidance.common import TimestepConfig, noisy, to_epsilon
+from sds3d.guidance.common import TimestepConfig, noisy
+from sds3d.types import to_epsilon
 from sds3d.guidance.particle_denoiser import SIGMA_DATA, ParticleDenoiserScore
-from sds3d.guidance.vsd import ADAPTER_NAME, LoraScore, VSDConfig, VSDGuidance
+from sds3d.guidance.vsd import ADAPTER_NAME, LoraScore, VSDConfig
 from sds3d.prompts import PromptSet
 from sds3d.types import Guidance
 

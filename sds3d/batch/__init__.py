@@ -19,7 +19,6 @@ from their checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path

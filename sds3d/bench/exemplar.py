@@ -41,8 +41,7 @@ from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
 from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
 from sds3d.recipes import exemplar_recipe
-from sds3d.export import ExportConfig
-from sds3d.types import SDS3DError
+from sds3d.types import SDS3DError, render_views
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
 _RECIPE = exemplar_recipe()
@@ -94,20 +93,10 @@ def _run_config(cfg: BenchConfig, guidance: str, scene: str, seed: int) -> RunCo
     )  # fmt: skip
 
 
-@torch.no_grad()
-def _render(scene: Any, cams: Cameras, device: torch.device, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def _render(scene: Any, cams: Cameras, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Scene renders on white, evaluation mode: rgb [N,H,W,3], alpha [N,H,W,1] (CPU)."""
-    from sds3d.train import set_scene_training
-
-    set_scene_training(scene, False)
-    rgbs, alphas = [], []
-    for i in range(0, len(cams), chunk):
-        sub = cams[i : i + chunk].to(device)
-        out = scene.render(sub, torch.ones(len(sub), 3, device=device))
-        rgbs.append(out.rgb.clamp(0, 1).float().cpu())
-        alphas.append(out.alpha.float().cpu())
-    set_scene_training(scene, True)
-    return torch.cat(rgbs), torch.cat(alphas)
+    out = render_views(scene, cams, device)
+    return out.rgb.clamp(0, 1), out.alpha
 
 
 class Scorer:

@@ -1,5 +1,8 @@
 """Quality metrics of the exemplar benchmark: PSNR, mask IoU, Chamfer distance, Janus score.
 
+The first three are :mod:`sds3d.metrics` with the benchmark's conventions (a 100 dB cap, the
+Chamfer distance relative to the true mesh's size); the Janus score is the benchmark's own.
+
 * ``psnr(a, b, mask)`` = ``10 log10(1 / MSE)`` for images in [0, 1]; with a mask the MSE is over
   the masked pixels only (all channels). The MSE is floored at 1e-10, so identical images give
   a finite 100 dB.
@@ -23,32 +26,23 @@ import math
 import numpy as np
 import torch
 import trimesh
-from scipy.spatial import cKDTree
 from torch import Tensor
+
+from sds3d import metrics
 
 MSE_FLOOR = 1e-10
 """MSE floor: PSNR is capped at 100 dB."""
 
 
 def psnr(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
-    """PSNR in dB of images [..., H, W, C] in [0,1]; ``mask`` [..., H, W, 1] selects pixels."""
-    err = (a.detach().float() - b.detach().float()) ** 2
-    if mask is None:
-        mse = float(err.mean())
-    else:
-        m = mask.detach().float().expand_as(err)
-        total = float(m.sum())
-        if total == 0:
-            raise ValueError("psnr: the mask selects no pixels")
-        mse = float((err * m).sum()) / total
-    return -10.0 * math.log10(max(mse, MSE_FLOOR))
+    """PSNR in dB of images [..., H, W, C] in [0,1]; ``mask`` [..., H, W, 1] selects pixels
+    (:func:`sds3d.metrics.psnr` with the MSE floored at ``MSE_FLOOR``)."""
+    return metrics.psnr(a, b, mask, floor=MSE_FLOOR)
 
 
 def mask_iou(alpha_a: Tensor, alpha_b: Tensor, threshold: float = 0.5) -> float:
     """Intersection over union of ``alpha > threshold`` (1.0 when both masks are empty)."""
-    a, b = alpha_a.detach() > threshold, alpha_b.detach() > threshold
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else int((a & b).sum()) / union
+    return metrics.mask_iou(alpha_a, alpha_b, threshold)
 
 
 def chamfer(mesh_a: trimesh.Trimesh, mesh_b: trimesh.Trimesh, n: int = 20000, seed: int = 0) -> float:
@@ -56,12 +50,8 @@ def chamfer(mesh_a: trimesh.Trimesh, mesh_b: trimesh.Trimesh, n: int = 20000, se
     fraction of ``mesh_b``'s bounding-box diagonal (NaN if a mesh is empty)."""
     if len(mesh_a.faces) == 0 or len(mesh_b.faces) == 0:
         return math.nan
-    pa, _ = trimesh.sample.sample_surface(mesh_a, n, seed=seed)
-    pb, _ = trimesh.sample.sample_surface(mesh_b, n, seed=seed + 1)
-    d_ab, _ = cKDTree(pb).query(pa)
-    d_ba, _ = cKDTree(pa).query(pb)
     diag = float(np.linalg.norm(mesh_b.bounds[1] - mesh_b.bounds[0]))
-    return float(0.5 * (d_ab.mean() + d_ba.mean())) / diag
+    return metrics.chamfer_distance(mesh_a, mesh_b, n, seed) / diag
 
 
 def janus_score(render_back: Tensor, true_front: Tensor, true_back: Tensor) -> float:

@@ -39,13 +39,13 @@ import tyro
 from scipy import ndimage
 
 from sds3d.cameras import Cameras, eval_cameras
-from sds3d.export import ExportConfig, extract_mesh
+from sds3d.export import extract_mesh
 from sds3d.export.cleanup import clean_mesh, count_pieces
 from sds3d.export.fidelity import mesh_fidelity
 from sds3d.export.marching import density_grid, ray_march_grid, render_alpha, scene_bounds, silhouette_threshold, threshold_cameras
 from sds3d.export.refine import refine_cameras, refine_on_cameras
 from sds3d.export.texture import colours_from_renders, sphere_cameras
-from sds3d.types import Scene
+from sds3d.types import Scene, render_views
 
 METHODS = ("density", "closed", "smoothed", "fusion", "poisson")
 
@@ -73,14 +73,9 @@ def _mc(grid: np.ndarray, level: float, origin: np.ndarray, voxel: float) -> tri
     return trimesh.Trimesh(origin + voxel * v, f.astype(np.int64), process=False)
 
 
-@torch.no_grad()
 def _renders(scene: Scene, cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
-    alphas, depths = [], []
-    for i in range(0, len(cams), 4):
-        out = scene.render(cams[i : i + 4], torch.ones(len(cams[i : i + 4]), 3))
-        alphas.append(out.alpha[..., 0].float())
-        depths.append(out.depth[..., 0].float())
-    return torch.cat(alphas), torch.cat(depths)
+    out = render_views(scene, cams, "cpu")
+    return out.alpha[..., 0], out.depth[..., 0]
 
 
 def fusion_mesh(scene: Scene, cams: Cameras, lo: np.ndarray, hi: np.ndarray, res: int, trunc_voxels: float = 2.0) -> trimesh.Trimesh:
@@ -143,13 +138,10 @@ def _load(run_dir: Path):
     from sds3d.checkpoint import load_checkpoint
     from sds3d.recipes import load_config
     from sds3d.factory import build_scene
-    from sds3d.train import set_scene_training
-
     prompt, cfg = load_config(run_dir / "config.json")
     cfg = replace(cfg, device="cpu")
     scene = build_scene(cfg, torch.device("cpu"))
     scene.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", "cpu", if_missing="train the run first")["scene"])
-    set_scene_training(scene, False)
     return prompt, cfg, scene
 
 
@@ -157,41 +149,42 @@ def run_surfaces_bench(cfg: SurfacesBenchConfig) -> list[dict]:
     rows = []
     for run_dir in cfg.run_dirs:
         prompt, run, scene = _load(Path(run_dir))
-        lo, hi = scene_bounds(scene)
-        base = replace(run.export, resolution=cfg.grid, eval_resolution=cfg.resolution, render_resolution=cfg.resolution,
-                       eval_views=8, turntable=False)  # fmt: skip
-        sphere = sphere_cameras(run.cameras, cfg.views, cfg.resolution)
-        build: dict[str, Callable[[], trimesh.Trimesh]] = {
-            "density": lambda: extract_mesh(scene, replace(base, close_radius=0.0), run.cameras, "cpu")[0],
-            "closed": lambda: extract_mesh(scene, base, run.cameras, "cpu")[0],
-            "smoothed": lambda: smoothed_mesh(scene, run.cameras, lo, hi, cfg.grid, cfg.resolution),
-            "fusion": lambda: fusion_mesh(scene, sphere, lo, hi, cfg.grid),
-            "poisson": lambda: poisson_mesh(scene, sphere),
-        }
-        evals = eval_cameras(run.cameras, 8, cfg.resolution, cfg.resolution)
-        refine_cams = refine_cameras(run.cameras, base.refine_views, cfg.resolution, avoid=evals)
-        for method in cfg.methods:
-            if method == "poisson" and not _has_open3d():
-                print(f"[surfaces] {prompt}: poisson skipped (pip install open3d to compare it)")
-                continue
-            t0 = time.perf_counter()
-            mesh = build[method]()
-            if method not in ("density", "closed"):  # extract_mesh already cleaned and coloured these
-                mesh = clean_mesh(mesh, base.min_component_fraction, base.face_budget)
-                bake = sphere_cameras(run.cameras, base.bake_views, cfg.resolution)
-                col = colours_from_renders(scene, mesh, np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), bake, "cpu")
-                rgba = np.concatenate([np.round(col * 255), np.full((len(col), 1), 255)], 1).astype(np.uint8)
-                mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
-            if base.refine_steps > 0:
-                mesh = refine_on_cameras(mesh, scene, refine_cams, base.refine_steps, "cpu").mesh
-            seconds = time.perf_counter() - t0
-            fid = mesh_fidelity(mesh, scene, evals, "cpu")
-            rows.append({"prompt": prompt, "run_dir": str(run_dir), "method": method, "psnr_object": fid["psnr_object"],
-                         "psnr": fid["psnr"], "mask_iou": fid["mask_iou"], "pieces": count_pieces(mesh),
-                         "euler": int(mesh.euler_number), "faces": len(mesh.faces), "seconds": seconds})  # fmt: skip
-            r = rows[-1]
-            print(f"[surfaces] {prompt:24s} {method:9s} object PSNR {r['psnr_object']:.2f} PSNR {r['psnr']:.2f} "
-                  f"IoU {r['mask_iou']:.3f} pieces {r['pieces']} Euler {r['euler']} ({seconds:.1f} s)", flush=True)  # fmt: skip
+        with scene.eval_mode():  # NeRF: fixed samples and albedo shading throughout
+            lo, hi = scene_bounds(scene)
+            base = replace(run.export, resolution=cfg.grid, eval_resolution=cfg.resolution, render_resolution=cfg.resolution,
+                           eval_views=8, turntable=False)  # fmt: skip
+            sphere = sphere_cameras(run.cameras, cfg.views, cfg.resolution)
+            build: dict[str, Callable[[], trimesh.Trimesh]] = {
+                "density": lambda: extract_mesh(scene, replace(base, close_radius=0.0), run.cameras, "cpu")[0],
+                "closed": lambda: extract_mesh(scene, base, run.cameras, "cpu")[0],
+                "smoothed": lambda: smoothed_mesh(scene, run.cameras, lo, hi, cfg.grid, cfg.resolution),
+                "fusion": lambda: fusion_mesh(scene, sphere, lo, hi, cfg.grid),
+                "poisson": lambda: poisson_mesh(scene, sphere),
+            }
+            evals = eval_cameras(run.cameras, 8, cfg.resolution, cfg.resolution)
+            refine_cams = refine_cameras(run.cameras, base.refine_views, cfg.resolution, avoid=evals)
+            for method in cfg.methods:
+                if method == "poisson" and not _has_open3d():
+                    print(f"[surfaces] {prompt}: poisson skipped (pip install open3d to compare it)")
+                    continue
+                t0 = time.perf_counter()
+                mesh = build[method]()
+                if method not in ("density", "closed"):  # extract_mesh already cleaned and coloured these
+                    mesh = clean_mesh(mesh, base.min_component_fraction, base.face_budget)
+                    bake = sphere_cameras(run.cameras, base.bake_views, cfg.resolution)
+                    col = colours_from_renders(scene, mesh, np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), bake, "cpu")
+                    rgba = np.concatenate([np.round(col * 255), np.full((len(col), 1), 255)], 1).astype(np.uint8)
+                    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
+                if base.refine_steps > 0:
+                    mesh = refine_on_cameras(mesh, scene, refine_cams, base.refine_steps, "cpu").mesh
+                seconds = time.perf_counter() - t0
+                fid = mesh_fidelity(mesh, scene, evals, "cpu")
+                rows.append({"prompt": prompt, "run_dir": str(run_dir), "method": method, "psnr_object": fid["psnr_object"],
+                             "psnr": fid["psnr"], "mask_iou": fid["mask_iou"], "pieces": count_pieces(mesh),
+                             "euler": int(mesh.euler_number), "faces": len(mesh.faces), "seconds": seconds})  # fmt: skip
+                r = rows[-1]
+                print(f"[surfaces] {prompt:24s} {method:9s} object PSNR {r['psnr_object']:.2f} PSNR {r['psnr']:.2f} "
+                      f"IoU {r['mask_iou']:.3f} pieces {r['pieces']} Euler {r['euler']} ({seconds:.1f} s)", flush=True)  # fmt: skip
     print(markdown(rows))
     if cfg.output is not None:
         cfg.output.write_text(json.dumps(rows, indent=1))

@@ -1,5 +1,9 @@
 """Mesh export: scene -> density grid -> marching cubes -> cleanup -> colours -> files.
 
+The export knows a scene only through the :class:`sds3d.types.Scene` protocol (``render``,
+``eval_mode``, ``bounds``, ``volume_density``, ``density``, ``albedo``) and the optional
+capabilities :class:`sds3d.types.GridDensity` and :class:`sds3d.types.SplatScene`.
+
 ``export_scene`` is the one entry point (``generate`` calls it after the last step and
 ``sds3d export RUN_DIR`` calls it on a checkpoint):
 
@@ -11,8 +15,8 @@
    and with ``--export.texture`` an xatlas-unwrapped baked albedo texture (:mod:`.texture`);
    then the refine stage fits them (and the texture) to the scene's renders on
    ``--export.refine-views`` views off the evaluation orbit (:mod:`.refine`);
-4. files (:mod:`.writers`): ``mesh.glb``/``mesh.obj``/``mesh.ply`` and, for Gaussian scenes,
-   the standard 3DGS ``gaussians.ply``;
+4. files (:mod:`.writers`): ``mesh.glb``/``mesh.obj``/``mesh.ply`` and, for scenes with the
+   :class:`sds3d.types.SplatScene` capability (3D Gaussians), the standard 3DGS ``gaussians.ply``;
 5. ``turntable_mesh.mp4`` (CPU ray casting, :mod:`.turntable`) and the mesh fidelity (PSNR,
    mask IoU against the scene's renders on the evaluation cameras at the size users look at,
    :mod:`.fidelity`), with the mesh's number of pieces and Euler characteristic.
@@ -37,8 +41,7 @@ from sds3d.export.refine import refine_cameras, refine_on_cameras
 from sds3d.export.splat_axes import SplatAxes
 from sds3d.export.texture import TextureSource, albedo_at, bake_texture, colours_from_renders, sphere_cameras
 from sds3d.export.writers import MeshFormat, write_mesh, write_splat_ply
-from sds3d.scenes.gaussians import GaussianScene
-from sds3d.types import Scene, SDS3DError
+from sds3d.types import Scene, SDS3DError, SplatScene
 
 
 @dataclass(frozen=True)
@@ -197,9 +200,8 @@ def extract_mesh(
     lo, hi = scene_bounds(scene)
     grid, origin, voxel = density_grid(scene, lo, hi, cfg.resolution, device)
     iou: float | None = None
-    is_gaussians = isinstance(scene, GaussianScene)
     if cfg.threshold is None:
-        opacity = "render" if is_gaussians else "grid"  # Gaussians: not a volume density
+        opacity = "grid" if scene.volume_density else "render"  # Gaussians: not a volume density
         threshold, iou = auto_threshold(scene, grid, origin, voxel, cameras_cfg, device, opacity, cfg.matched_resolution)
     else:
         threshold = float(cfg.threshold)
@@ -222,21 +224,14 @@ def export_scene(
 ) -> ExportResult:
     """Extract, colour and write the scene's mesh (+ gaussians.ply, turntable, fidelity) into ``out_dir``.
 
-    Scenes with ``set_training`` (NeRF) are switched to evaluation (albedo shading) meanwhile.
+    The whole export runs in ``scene.eval_mode()`` (NeRF: fixed samples and albedo shading).
     """
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    set_training = getattr(scene, "set_training", None)  # NeRF: fixed samples and albedo shading
-    was_training = bool(getattr(scene, "training", True))
-    if set_training is not None:
-        set_training(False)
-    try:
+    with scene.eval_mode():
         return _export(scene, out_dir, cfg, cameras_cfg, device, t0)
-    finally:
-        if set_training is not None:
-            set_training(was_training)
 
 
 def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraConfig, device, t0: float) -> ExportResult:
@@ -257,7 +252,7 @@ def _export(scene: Scene, out_dir: Path, cfg: ExportConfig, cameras_cfg: CameraC
         if cfg.refine_steps > 0 and cfg.refine_views > 0:
             final = refine_on_cameras(final, scene, cams, cfg.refine_steps, device).mesh
     paths = write_mesh(final, out_dir, cfg.formats, vertex_colored=mesh)
-    if cfg.splat_ply and isinstance(scene, GaussianScene):
+    if cfg.splat_ply and isinstance(scene, SplatScene):
         paths.append(write_splat_ply(scene.viewer_splats(), out_dir / "gaussians.ply", cfg.splat_axes))
     fidelity: dict[str, float] = {}
     if cfg.eval_views > 0:

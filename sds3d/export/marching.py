@@ -54,7 +54,7 @@ import trimesh
 from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras, orbit_cameras
-from sds3d.types import GridDensity, Scene, SDS3DError
+from sds3d.types import GridDensity, Scene, SDS3DError, render_views
 
 SCENE_LIMIT = 1.25
 """Half-size of the largest box exported (the scene fits the unit sphere; a margin for Gaussians)."""
@@ -70,38 +70,11 @@ diagonal for every ray (the code before), in about 0.6x the time."""
 
 
 def scene_bounds(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned box [lo, hi] to sample the density in.
-
-    Gaussians (``scene.splats``): the 3-sigma extent of all Gaussians with opacity > 0.5%;
-    a scene with an ``aabb`` attribute ([6] or [2,3]): that box; one with a bounding-sphere
-    ``radius`` (attribute, or ``cfg.radius`` as the NeRF has): its cube; otherwise the cube [-1, 1]^3. Always clipped to
-    ``[-SCENE_LIMIT, SCENE_LIMIT]^3``.
-    """
-    lo, hi = np.full(3, -1.0), np.full(3, 1.0)
-    splats = getattr(scene, "splats", None)
-    aabb = getattr(scene, "aabb", None)
-    if splats is not None:
-        with torch.no_grad():
-            keep = torch.sigmoid(splats["opacities"].detach().float()) > 0.005
-            means = splats["means"].detach().float()[keep]
-            radius = 3.0 * torch.exp(splats["scales"].detach().float()[keep]).amax(dim=-1, keepdim=True)
-        if len(means) == 0:
-            raise SDS3DError("the Gaussian scene has no visible Gaussians: nothing to export; train longer or check the run")
-        lo = (means - radius).amin(0).cpu().double().numpy()
-        hi = (means + radius).amax(0).cpu().double().numpy()
-    elif aabb is not None:
-        box = torch.as_tensor(aabb).detach().float().reshape(2, 3).cpu().double().numpy()
-        lo, hi = box[0], box[1]
-    elif isinstance(_radius(scene), float):
-        lo, hi = np.full(3, -_radius(scene)), np.full(3, _radius(scene))
+    """Axis-aligned box [lo, hi] to sample the density in: ``scene.bounds()`` (Gaussians: the
+    3-sigma extent of the visible ones; NeRF: the cube around its bounding sphere), clipped to
+    ``[-SCENE_LIMIT, SCENE_LIMIT]^3``."""
+    lo, hi = scene.bounds()
     return np.maximum(lo, -SCENE_LIMIT), np.minimum(hi, SCENE_LIMIT)
-
-
-def _radius(scene: Scene) -> float | None:
-    r = getattr(scene, "radius", None)
-    if r is None:
-        r = getattr(getattr(scene, "cfg", None), "radius", None)
-    return float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 else None
 
 
 @torch.no_grad()
@@ -186,15 +159,9 @@ def ray_march_grid(
     return out.reshape(B, H, W), opacity.reshape(B, H, W)
 
 
-@torch.no_grad()
 def render_alpha(scene: Scene, cameras: Cameras, device: torch.device | str, batch: int = 4) -> Tensor:
-    """[B,H,W] render opacity of the scene (no grad, a few cameras at a time)."""
-    out = []
-    for i in range(0, len(cameras), batch):
-        cams = cameras[i : i + batch].to(device)
-        bg = torch.ones(len(cams), 3, device=device)
-        out.append(scene.render(cams, bg).alpha[..., 0].float().cpu())
-    return torch.cat(out)
+    """[B,H,W] render opacity of the scene (evaluation renders on white, :func:`sds3d.types.render_views`)."""
+    return render_views(scene, cameras, device, batch).alpha[..., 0]
 
 
 def _iou_curve(m: Tensor, target: Tensor, taus: Tensor) -> Tensor:

@@ -56,11 +56,10 @@ import torch
 import torch.nn.functional as F
 import trimesh
 from PIL import Image
-from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras, orbit_cameras
-from sds3d.export.fidelity import psnr, render_scene, supersample_for
-from sds3d.types import Scene, SDS3DError
+from sds3d.export.fidelity import supersample_for
+from sds3d.types import Scene, SDS3DError, render_views
 
 GOLDEN_ANGLE = 180.0 * (3.0 - math.sqrt(5.0))
 """Degrees between consecutive azimuths of the Fibonacci lattice."""
@@ -242,8 +241,8 @@ def refine_on_cameras(
         return RefineResult(mesh, math.nan, math.nan, time.perf_counter() - t0)
     s = supersample or supersample_for(cameras.height)
     A, coverage, x0 = linear_model(mesh, cameras, s)
-    target, alpha = render_scene(scene, cameras, device)
-    target, alpha = target.reshape(-1, 3).double().numpy(), alpha.reshape(-1).double().numpy()
+    renders = render_views(scene, cameras, device)
+    target, alpha = renders.rgb.reshape(-1, 3).double().numpy(), renders.alpha.reshape(-1).double().numpy()
     rows = np.nonzero(coverage > 0)[0]  # the other pixels are white whatever the colours
     w = np.where(alpha[rows] >= 0.5, 1.0, outside_weight)
     keep = w > 0

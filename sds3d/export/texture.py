@@ -38,7 +38,6 @@ import trimesh
 import xatlas
 from PIL import Image
 from scipy import ndimage
-from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras, orbit_cameras
 from sds3d.types import Scene, SDS3DError
@@ -243,13 +242,3 @@ def bake_texture(
     )
     visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
     return trimesh.Trimesh(verts, faces, visual=visual, vertex_normals=vnormals, process=False)
-
-
-def texel_colours(mesh: trimesh.Trimesh, uv: Tensor | np.ndarray) -> np.ndarray:
-    """Texture colour [N,3] in [0,1] at uv coordinates [N,2] (nearest texel), for inspection and tests."""
-    image = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), dtype=np.float64) / 255.0
-    uv = np.asarray(uv, dtype=np.float64)
-    size_h, size_w = image.shape[:2]
-    col = np.clip((uv[:, 0] * size_w).astype(np.int64), 0, size_w - 1)
-    row = np.clip(((1.0 - uv[:, 1]) * size_h).astype(np.int64), 0, size_h - 1)
-    return image[row, col]

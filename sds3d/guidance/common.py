@@ -1,6 +1,6 @@
 """Pieces shared by every score-distillation method: timesteps, weighting, clipping, the loss.
 
-Notation (DESIGN.md): ``x`` is the prior-space image, ``ab = alphas_cumprod`` of the prior,
+Notation (docs/design.md, Conventions): ``x`` is the prior-space image, ``ab = alphas_cumprod`` of the prior,
 ``x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps`` (:func:`noisy`), ``T`` the number of training
 timesteps of the prior.
 
@@ -43,6 +43,9 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
+from sds3d.guidance.perp_neg import PerpNeg
+from sds3d.prompts import PromptSet
+from sds3d.schedule import progress, reached
 from sds3d.types import GuidanceOutput, SDS3DError
 
 Anneal = Literal["none", "step", "linear", "sqrt"]
@@ -85,14 +88,14 @@ def _index(fraction: float, T: int) -> int:
 def timestep_range(cfg: TimestepConfig, step: int, max_steps: int, T: int) -> tuple[int, int]:
     """The integer range ``[lo, hi]`` (inclusive) t is drawn from at ``step``."""
     lo = _index(cfg.t_min, T)
-    if cfg.anneal == "step" and step >= cfg.anneal_at * max_steps:
+    if cfg.anneal == "step" and reached(step, max_steps, cfg.anneal_at):
         return lo, max(lo, _index(cfg.t_max_end, T))
     if cfg.anneal == "linear":
-        f = min(max(step / max(cfg.anneal_at * max_steps, 1e-9), 0.0), 1.0)
+        f = progress(step, max_steps, cfg.anneal_at)
         lo = _index(cfg.t_max + (cfg.t_min - cfg.t_max) * f, T)
         return lo, max(lo, _index(cfg.t_max + (cfg.t_max_end - cfg.t_max) * f, T))
     if cfg.anneal == "sqrt":
-        frac = cfg.t_max - (cfg.t_max - cfg.t_min) * math.sqrt(min(max(step / max(max_steps, 1), 0.0), 1.0))
+        frac = cfg.t_max - (cfg.t_max - cfg.t_min) * math.sqrt(progress(step, max_steps))
         t = min(max(int(round(frac * T)), lo), _index(cfg.t_max, T))
         return t, t
     return lo, max(lo, _index(cfg.t_max, T))
@@ -131,19 +134,6 @@ def noisy(x: Tensor, t: Tensor, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     return ab.sqrt() * x + (1.0 - ab).sqrt() * eps
 
 
-def to_epsilon(model_output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
-    """Convert a raw eps / v / x0 model output to epsilon (float32)."""
-    out = model_output.float()
-    if prediction_type == "epsilon":
-        return out
-    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
-    if prediction_type == "v_prediction":
-        return ab.sqrt() * out + (1.0 - ab).sqrt() * x_t.float()
-    if prediction_type == "sample":
-        return (x_t.float() - ab.sqrt() * out) / (1.0 - ab).sqrt()
-    raise SDS3DError(f"unsupported prediction_type {prediction_type!r}: use an epsilon, v_prediction or sample model")
-
-
 def clip_gradient(g: Tensor, grad_clip: float | None, mode: ClipMode = "value") -> Tensor:
     """Zero NaN/Inf, then clamp elements to [-c, c] ("value") or per-sample L2 norm to c ("norm")."""
     g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
@@ -164,8 +154,27 @@ def clip_at(grad_clip: float | None, grad_clip_end: float | None, ramp: float, s
     ramp ``c0 + (c1 - c0) min(step / (ramp max_steps), 1)``."""
     if grad_clip is None or grad_clip_end is None:
         return grad_clip
-    f = min(max(step / max(ramp * max_steps, 1e-9), 0.0), 1.0)
+    f = progress(step, max_steps, ramp)
     return grad_clip + (grad_clip_end - grad_clip) * f
+
+
+class Stateless:
+    """A method without trainable state (SDS, NFSD, CSD, multi-view SDS): a checkpoint holds
+    ``{}`` for it. The constructor keeps the config, prior and prompts and the Perp-Neg block of
+    the prompts (:class:`PerpNeg`, inactive without ``--perp-neg``; multi-view SDS, which takes
+    the plain prompt, sets its own fields)."""
+
+    def __init__(self, cfg: Any, prior: Any, prompts: PromptSet) -> None:
+        self.cfg = cfg
+        self.prior = prior
+        self.prompts = prompts
+        self.perp_neg = PerpNeg(prompts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
 
 
 def distillation_loss(x: Tensor, g: Tensor) -> Tensor:
@@ -183,11 +192,6 @@ def finish(x: Tensor, g: Tensor, t: Tensor, grad_clip: float | None, clip_mode: 
     }
     out_logs.update({k: v.detach() for k, v in logs.items()})
     return GuidanceOutput(loss=distillation_loss(x, g), t=t, logs=out_logs)
-
-
-def progress(step: int, max_steps: int) -> float:
-    """step / max_steps clamped to [0, 1]."""
-    return min(max(step / max(max_steps, 1), 0.0), 1.0)
 
 
 def noised_predictions(

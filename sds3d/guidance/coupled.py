@@ -16,7 +16,7 @@ The multi-view prior fixes the global structure (one front, no Janus faces); the
 detail and sharpness at its full resolution. Both terms anneal t_max 0.98 -> 0.5 after half
 the steps. The two priors may sit on different devices: renders and cameras are moved to each
 prior's device (differentiably) and the losses come back to the renders' device.
-Defaults follow DESIGN.md: lambda = 0.5, multi-view s = 7.5, the 2D term's own scale (SDS 100,
+Defaults (docs/methods.md): lambda = 0.5, multi-view s = 7.5, the 2D term's own scale (SDS 100,
 VSD 7.5) unless ``scale_2d`` is given.
 """
 

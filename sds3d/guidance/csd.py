@@ -32,14 +32,14 @@ bracket (``perpneg_scale`` 3 in the authors' configs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from torch import Tensor
 
 from sds3d.cameras import Cameras
-from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noised_predictions, progress, weight
-from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
+from sds3d.guidance.common import ClipMode, Stateless, TimestepConfig, Weighting, finish, noised_predictions, weight
 from sds3d.prompts import PromptSet
+from sds3d.schedule import progress
 from sds3d.types import GuidanceOutput, Prior, SDS3DError
 
 
@@ -96,36 +96,23 @@ def normalize_gradient(g: Tensor, mode: str) -> Tensor:
     raise SDS3DError(f"unknown --csd.normalization {mode!r}: use batch, batch_l2 or sample")
 
 
-class CSDGuidance:
+class CSDGuidance(Stateless):
     """The :class:`sds3d.types.Guidance` for classifier score distillation."""
-
-    def __init__(self, cfg: CSDConfig, prior: Prior, prompts: PromptSet) -> None:
-        self.cfg = cfg
-        self.prior = prior
-        self.prompts = prompts
-        self.perp_neg = check_perp_neg(prompts)
 
     def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         b = len(cameras)
         prompt_lists = [self.prompts.for_cameras(cameras), self.prompts.negatives(b), self.prompts.empties(b)]
-        if self.perp_neg:
-            prompt_lists += perp_neg_prompts(self.prompts, b)
+        prompt_lists += self.perp_neg.prompt_lists(b)
         x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras, background)
         e_y, e_neg, e_0 = e[0], e[1], e[2]
         a_y, a_neg, a_0 = cfg.coefficients(step, max_steps)
         score = a_y * e_y + a_neg * e_neg + a_0 * e_0
         if self.perp_neg:
-            w_pn = perp_neg_weights(cameras, self.prompts).to(x.device)
-            score = score + a_y * cfg.perp_neg_scale * perp_neg_term(e_y - e_0, e[3:], e_0, w_pn)
+            score = score + a_y * cfg.perp_neg_scale * self.perp_neg.term(e_y - e_0, e[3:], e_0, cameras)
         g = weight(cfg.weighting, prior.alphas_cumprod, t) * score
         if cfg.normalize:
             g = normalize_gradient(g, cfg.normalization)
         g = cfg.guidance_scale * g
         return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from sds3d.cameras import Cameras
-from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noisy, sample_timesteps, weight
+from sds3d.guidance.common import ClipMode, Stateless, TimestepConfig, Weighting, finish, noisy, sample_timesteps, weight
 from sds3d.prompts import PromptSet
 from sds3d.types import GuidanceOutput, Prior, SDS3DError
 
@@ -96,7 +96,7 @@ def group_timesteps(cfg: TimestepConfig, batch: int, views: int, step: int, max_
     return sample_timesteps(cfg, batch // views, step, max_steps, T, device).repeat_interleave(views)
 
 
-class MVSDS:
+class MVSDS(Stateless):
     """The :class:`sds3d.types.Guidance` for multi-view SDS; works with any prior of 4 views."""
 
     def __init__(self, cfg: MVSDSConfig, prior: Prior, prompts: PromptSet) -> None:
@@ -104,7 +104,7 @@ class MVSDS:
             raise SDS3DError("mvsds needs a multi-view prior (num_views 4): pass --mv-prior MVDream/MVDream or exemplar")
         self.cfg = cfg
         self.prior = prior
-        self.prompts = prompts
+        self.prompts = prompts  # no Perp-Neg: the multi-view prior sees the plain prompt
 
     def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
@@ -114,7 +114,7 @@ class MVSDS:
         t = group_timesteps(cfg.timesteps, b, prior.num_views, step, max_steps, prior.num_train_timesteps, x.device)
         eps = torch.randn_like(x)
         x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
-        uncond = self.prompts.negatives(b) if self.prompts.negative else self.prompts.empties(b)
+        uncond = self.prompts.unconditionals(b)
         conds: list[Any] = [prior.condition([self.prompts.prompt] * b), prior.condition(uncond)]
         e = prior.predict_noise(x_t, t, conds, cameras, background)
         e_cfg = e[1] + cfg.guidance_scale * (e[0] - e[1])
@@ -124,8 +124,3 @@ class MVSDS:
             g = weight(cfg.weighting, prior.alphas_cumprod, t) * (e_cfg - eps)
         return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from sds3d.cameras import Cameras
-from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noised_predictions, weight
-from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
+from sds3d.guidance.common import ClipMode, Stateless, TimestepConfig, Weighting, finish, noised_predictions, weight
 from sds3d.prompts import NFSD_NEGATIVE_PROMPT, PromptSet
 from sds3d.types import GuidanceOutput, Prior
 
@@ -52,37 +50,27 @@ class NFSDConfig:
         return NFSDGuidance(self, prior, prompts)
 
 
-class NFSDGuidance:
+class NFSDGuidance(Stateless):
     """The :class:`sds3d.types.Guidance` for NFSD."""
 
     def __init__(self, cfg: NFSDConfig, prior: Prior, prompts: PromptSet) -> None:
-        self.cfg = cfg
-        self.prior = prior
         if not prompts.negative:
             prompts = dataclasses.replace(prompts, negative=NFSD_NEGATIVE_PROMPT)
-        self.prompts = prompts
-        self.perp_neg = check_perp_neg(prompts)
+        super().__init__(cfg, prior, prompts)
 
     def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         b = len(cameras)
         prompt_lists = [self.prompts.for_cameras(cameras), self.prompts.empties(b), self.prompts.negatives(b)]
-        if self.perp_neg:
-            prompt_lists += perp_neg_prompts(self.prompts, b)
+        prompt_lists += self.perp_neg.prompt_lists(b)
         x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras, background)
         e_y, e_0, e_neg = e[0], e[1], e[2]
         direction = e_y - e_0
         if self.perp_neg:
-            w_pn = perp_neg_weights(cameras, self.prompts).to(x.device)
-            direction = direction + perp_neg_term(direction, e[3:], e_0, w_pn)
+            direction = direction + self.perp_neg.term(direction, e[3:], e_0, cameras)
         d_c = cfg.guidance_scale * direction
         low = (t < cfg.low_t_threshold).view(-1, 1, 1, 1)
         d_d = torch.where(low, e_0, e_0 - e_neg)
         g = weight(cfg.weighting, prior.alphas_cumprod, t) * (d_c + d_d)
         return finish(x, g, t, cfg.grad_clip, cfg.grad_clip_mode, low_t_fraction=low.float().mean())
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

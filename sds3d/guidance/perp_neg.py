@@ -39,9 +39,6 @@ from sds3d.cameras import Cameras
 from sds3d.prompts import PromptSet, view_prompt
 from sds3d.types import SDS3DError
 
-NUM_PERP_NEG_PROMPTS = 2  # front view prompt, side view prompt
-
-
 @dataclass(frozen=True)
 class PerpNegWeights:
     """(a, b, c) of ``f(r) = a exp(-b r) + c`` for the four Perp-Neg weight curves."""
@@ -97,3 +94,25 @@ def perp_neg_term(e_pos: Tensor, e_negs: Tensor, e_base: Tensor, weights: Tensor
         w = weights[:, i].view(-1, *([1] * (e_pos.dim() - 1)))
         out = out + w * perpendicular_component(e_negs[i] - e_base, e_pos)
     return out
+
+
+class PerpNeg:
+    """Perp-Neg as a guidance method uses it (SDS, NFSD, CSD, VSD): whether it is on for the
+    prompt set, the prompt lists it adds to the method's one ``predict_noise`` call, and its
+    term. Falsy when off."""
+
+    def __init__(self, prompts: PromptSet) -> None:
+        self.prompts = prompts
+        self.enabled = check_perp_neg(prompts)
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def prompt_lists(self, n: int) -> list[list[str]]:
+        """The front and side view prompts, ``n`` each ([] when off)."""
+        return perp_neg_prompts(self.prompts, n) if self.enabled else []
+
+    def term(self, e_pos: Tensor, e_negs: Tensor, e_base: Tensor, cameras: Cameras) -> Tensor:
+        """``sum_i w_i perp(e_negs[i] - e_base, e_pos)`` with the cameras' weights
+        (:func:`perp_neg_term`, :func:`perp_neg_weights`)."""
+        return perp_neg_term(e_pos, e_negs, e_base, perp_neg_weights(cameras, self.prompts).to(e_pos.device))

@@ -19,13 +19,11 @@ Perp-Neg (``PromptSet.perp_neg``) the front and side view prompts join that call
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor
 
 from sds3d.cameras import Cameras
-from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, clip_at, finish, noised_predictions, weight
-from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
+from sds3d.guidance.common import ClipMode, Stateless, TimestepConfig, Weighting, clip_at, finish, noised_predictions, weight
 from sds3d.prompts import PromptSet
 from sds3d.types import GuidanceOutput, Prior
 
@@ -57,37 +55,20 @@ class SDSConfig:
         return SDSGuidance(self, prior, prompts)
 
 
-class SDSGuidance:
+class SDSGuidance(Stateless):
     """The :class:`sds3d.types.Guidance` for SDS."""
-
-    def __init__(self, cfg: SDSConfig, prior: Prior, prompts: PromptSet) -> None:
-        self.cfg = cfg
-        self.prior = prior
-        self.prompts = prompts
-        self.perp_neg = check_perp_neg(prompts)
-
-    def unconditional_prompts(self, n: int) -> list[str]:
-        return self.prompts.negatives(n) if self.prompts.negative else self.prompts.empties(n)
 
     def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         b = len(cameras)
-        prompt_lists = [self.prompts.for_cameras(cameras), self.unconditional_prompts(b)]
-        if self.perp_neg:
-            prompt_lists += perp_neg_prompts(self.prompts, b)
+        prompt_lists = [self.prompts.for_cameras(cameras), self.prompts.unconditionals(b)] + self.perp_neg.prompt_lists(b)
         x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras, background)
         e_y, e_u = e[0], e[1]
         delta = e_y - e_u
         if self.perp_neg:
-            w_pn = perp_neg_weights(cameras, self.prompts).to(x.device)
-            delta = delta + perp_neg_term(delta, e[2:], e_u, w_pn)
+            delta = delta + self.perp_neg.term(delta, e[2:], e_u, cameras)
         e_cfg = e_u + cfg.guidance_scale * delta
         g = weight(cfg.weighting, prior.alphas_cumprod, t) * (e_cfg - eps)
         clip = clip_at(cfg.grad_clip, cfg.grad_clip_end, cfg.grad_clip_ramp, step, max_steps)
         return finish(x, g, t, clip, cfg.grad_clip_mode)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

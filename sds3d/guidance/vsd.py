@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sds3d.cameras import Cameras
-from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noisy, sample_timesteps, to_epsilon, weight
+from sds3d.guidance.common import ClipMode, TimestepConfig, Weighting, finish, noisy, sample_timesteps, weight
 from sds3d.guidance.particle_denoiser import ParticleDenoiserScore
-from sds3d.guidance.perp_neg import check_perp_neg, perp_neg_prompts, perp_neg_term, perp_neg_weights
+from sds3d.guidance.perp_neg import PerpNeg
 from sds3d.prompts import PromptSet
-from sds3d.types import GuidanceOutput, Prior, SDS3DError
+from sds3d.types import GuidanceOutput, Prior, SDS3DError, to_epsilon
 
 ADAPTER_NAME = "sds3d_vsd_phi"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -206,7 +206,7 @@ class VSDGuidance:
         self.cfg = cfg
         self.prior = prior
         self.prompts = prompts
-        self.perp_neg = check_perp_neg(prompts)
+        self.perp_neg = PerpNeg(prompts)
         self.phi: ParticleScore
         if getattr(prior, "unet", None) is not None and hasattr(prior, "unet_forward") and hasattr(prior, "scheduler"):
             self.phi = LoraScore(prior, cfg)
@@ -214,9 +214,6 @@ class VSDGuidance:
             with torch.no_grad():  # probe the prior's image space for the denoiser's channels
                 channels = prior.encode_images(torch.full((1, 64, 64, 3), 0.5, device=prior.device)).shape[1]
             self.phi = ParticleDenoiserScore(channels, prior.alphas_cumprod, prior.device, cfg.lr, cfg.camera_dropout, cfg.denoiser_width)
-
-    def unconditional_prompts(self, n: int) -> list[str]:
-        return self.prompts.negatives(n) if self.prompts.negative else self.prompts.empties(n)
 
     def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
@@ -227,14 +224,13 @@ class VSDGuidance:
         x_t = noisy(x.detach(), t, eps, prior.alphas_cumprod)
         cond = prior.condition(self.prompts.for_cameras(cameras))
         cond_phi = prior.condition([self.prompts.prompt] * b)  # view-independent (threestudio)
-        conds: list[Any] = [cond, prior.condition(self.unconditional_prompts(b))]
-        if self.perp_neg:
-            conds += [prior.condition(p) for p in perp_neg_prompts(self.prompts, b)]
+        conds: list[Any] = [cond, prior.condition(self.prompts.unconditionals(b))]
+        conds += [prior.condition(p) for p in self.perp_neg.prompt_lists(b)]
         e = prior.predict_noise(x_t, t, conds, cameras, background)
         e_y, e_u = e[0], e[1]
         delta = e_y - e_u
         if self.perp_neg:
-            delta = delta + perp_neg_term(delta, e[2:], e_u, perp_neg_weights(cameras, self.prompts).to(x.device))
+            delta = delta + self.perp_neg.term(delta, e[2:], e_u, cameras)
         e_cfg = e_u + cfg.guidance_scale * delta
         camera = cameras.c2w().reshape(b, 16).to(x.device)
         e_phi = self.phi.predict(x_t, t, cond_phi, camera)

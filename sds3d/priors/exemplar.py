@@ -66,7 +66,6 @@ from sds3d.priors.exemplar_library import (
     builtin_library,
     load_library_dir,
     render_library,
-    render_object,
 )
 from sds3d.types import SDS3DError
 

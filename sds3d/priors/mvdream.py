@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sds3d.cameras import Cameras
-from sds3d.priors.loading import SD_MIRROR, hub_offline, load_part
+from sds3d.priors.loading import SD_MIRROR, hub_offline
 from sds3d.priors.mvdream_convert import load_ldm_into, read_ldm_unet_state
-from sds3d.priors.stable_diffusion import SD21_UNET, StableDiffusionPrior, freeze
+from sds3d.priors.stable_diffusion import SD21_UNET, StableDiffusionPrior, assemble_prior
 from sds3d.types import SDS3DError
 
 MVDREAM_REPO = "MVDream/MVDream"
@@ -215,29 +215,11 @@ def load_mvdream(
     embedding_cache_dir: Path | None = None,
 ) -> "MVDreamPrior":
     """The MVDream prior on ``device`` (fp16 on CUDA, fp32 elsewhere unless ``dtype``)."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTokenizer
-
-    from sds3d.priors.stable_diffusion import default_embedding_cache_dir
-
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     unet = load_mvdream_unet(cfg.model, cfg.checkpoint_file, dtype=dtype, cache_dir=cache_dir)
-    scheduler = load_part(DDPMScheduler.from_pretrained, cfg.sd_model, "scheduler", cache_dir)
-    tokenizer = load_part(CLIPTokenizer.from_pretrained, cfg.sd_model, "tokenizer", cache_dir)
-    vae = load_part(AutoencoderKL.from_pretrained, cfg.sd_model, "vae", cache_dir, dtype=dtype)
-    sd = StableDiffusionPrior(
-        model_id=cfg.sd_model,
-        unet=freeze(unet, device),
-        vae=freeze(vae, device),
-        scheduler=scheduler,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else default_embedding_cache_dir(),
-    )
+    sd = assemble_prior(cfg.sd_model, unet, device, dtype, cache_dir, embedding_cache_dir)
     sd.input_size = cfg.image_size
     return MVDreamPrior(sd)
 

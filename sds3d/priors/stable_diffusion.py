@@ -44,7 +44,7 @@ from torch import Tensor
 from sds3d.cameras import Cameras
 from sds3d.checkpoint import atomic_write
 from sds3d.priors.loading import load_part, local_model_dir
-from sds3d.types import SDS3DError
+from sds3d.types import SDS3DError, to_epsilon
 
 
 def default_embedding_cache_dir() -> Path:
@@ -84,19 +84,32 @@ def load_stable_diffusion(
     ``channels_last``, ``compile_unet`` and ``tiny_vae`` are the speed options of
     :func:`apply_speed_options`.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTokenizer
+    from diffusers import UNet2DConditionModel
 
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":
         enable_tf32()
+    unet = load_part(UNet2DConditionModel.from_pretrained, model, "unet", cache_dir, dtype=dtype)
+    prior = assemble_prior(model, unet, device, dtype, cache_dir, embedding_cache_dir)
+    apply_speed_options(prior, channels_last=channels_last, compile_unet=compile_unet, tiny_vae=tiny_vae)
+    return prior
+
+
+def assemble_prior(
+    model: str, unet: Any, device: torch.device, dtype: torch.dtype, cache_dir: Path | None, embedding_cache_dir: Path | None
+) -> StableDiffusionPrior:
+    """The prior around a loaded ``unet``, with the scheduler, tokenizer and VAE of the SD folder
+    or hub id ``model``; UNet and VAE frozen on ``device``; text embeddings cached in
+    ``embedding_cache_dir`` (else the default). Shared by the SD and MVDream loaders."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTokenizer
+
     scheduler = load_part(DDPMScheduler.from_pretrained, model, "scheduler", cache_dir)
     tokenizer = load_part(CLIPTokenizer.from_pretrained, model, "tokenizer", cache_dir)
-    unet = load_part(UNet2DConditionModel.from_pretrained, model, "unet", cache_dir, dtype=dtype)
     vae = load_part(AutoencoderKL.from_pretrained, model, "vae", cache_dir, dtype=dtype)
-    prior = StableDiffusionPrior(
+    return StableDiffusionPrior(
         model_id=model,
         unet=freeze(unet, device),
         vae=freeze(vae, device),
@@ -107,8 +120,6 @@ def load_stable_diffusion(
         cache_dir=cache_dir,
         embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else default_embedding_cache_dir(),
     )
-    apply_speed_options(prior, channels_last=channels_last, compile_unet=compile_unet, tiny_vae=tiny_vae)
-    return prior
 
 
 def freeze(module: torch.nn.Module, device: torch.device) -> Any:
@@ -273,13 +284,8 @@ class StableDiffusionPrior:
         return out.float()
 
     def to_epsilon(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """Convert a raw model output to an epsilon prediction (float32)."""
-        if self.prediction_type == "epsilon":
-            return model_output.float()
-        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        if self.prediction_type == "v_prediction":
-            return ab.sqrt() * model_output.float() + (1 - ab).sqrt() * x_t.float()
-        return (x_t.float() - ab.sqrt() * model_output.float()) / (1 - ab).sqrt()
+        """Convert a raw model output to an epsilon prediction (float32; :func:`sds3d.types.to_epsilon`)."""
+        return to_epsilon(model_output, x_t, t, self.alphas_cumprod, self.prediction_type)
 
     @torch.no_grad()
     def predict_noise(

@@ -20,7 +20,9 @@ distance (:meth:`GaussianScene.viewer_scales`, Mip-Splatting's 3D filter).
 For export: ``density(x) = sum_i o_i exp(-0.5 (x - mu_i)^T Sigma_i^-1 (x - mu_i))`` over the
 Gaussians within 3 sigma of x, and ``albedo(x)`` the same weights' average of the view-
 independent colours ``0.5 + C0 sh0``. ``density_on_grid`` fills a whole export grid with the
-same density by splatting each Gaussian onto the nodes within its 3-sigma reach.
+same density by splatting each Gaussian onto the nodes within its 3-sigma reach (the formulas'
+code: :mod:`sds3d.scenes.gaussian_field`). The scene has the ``GridDensity`` and ``SplatScene``
+capabilities of :mod:`sds3d.types`, and no training mode (``eval_mode`` changes nothing).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import remove, reset_opa
@@ -38,7 +42,9 @@ from torch import Tensor
 
 from sds3d.cameras import CameraConfig, Cameras
 from sds3d.render import Backend, rasterize_gaussians, resolve_backend
-from sds3d.render.torch_rasterizer import SH_C0, quat_to_rotmat
+from sds3d.render.torch_rasterizer import SH_C0
+from sds3d.scenes.gaussian_field import ExportParams, density_on_grid, export_params, field_at_points, splat_bounds
+from sds3d.schedule import lerp, progress, reached
 from sds3d.types import RenderOutput, SDS3DError
 
 PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -119,7 +125,7 @@ class GaussiansConfig:
     """Weight of the opacity entropy at the first and the last step (linear in between): the
     mean binary entropy of the rendered opacity, -(a log a + (1-a) log(1-a)), which pushes every
     pixel to empty or opaque, so the scene ends solid and a mesh can look like it (the NeRF's
-    --nerf.sparsity entropy, on Gaussians). EXEMPLAR_GAUSSIANS uses (0, 1000)."""
+    --nerf.sparsity entropy, on Gaussians). recipes.EXEMPLAR_GAUSSIANS uses (0, 1000)."""
     opacity_entropy: float = 0.0
     """Weight of the mean binary entropy of each Gaussian's own opacity, -(o log o + (1-o) log(1-o)),
     from --gaussians.opacity-entropy-from of the run on (0 = off): every Gaussian ends opaque or
@@ -163,24 +169,6 @@ class GaussiansConfig:
         return GaussianScene(self, torch.device(device), train_focal=train_focal, view_distance=view_distance)
 
 
-EXEMPLAR_GAUSSIANS = GaussiansConfig(
-    init_radius=0.8, lr_means=3e-3, lr_means_final=None, lr_colors=3e-2, refine_start=50, refine_every=50,
-    max_gaussians=8000, alpha_entropy=(0.0, 1000.0),
-)
-"""CPU preset for short exemplar runs (64x64 renders, a few hundred steps), chosen with
-``sds3d bench exemplar``: the initial ball covers most of the unit sphere, centres and colours
-move 3x faster (the centres' rate stays constant), densification starts at step 50 and repeats
-every 50 steps, and at most 8,000 Gaussians keep a CPU step near 0.3 s. The rendered opacity's
-entropy grows from 0 to 1000 over the run, so the scene ends solid with a sharp rim: white-on-white
-parts (the snowman) are otherwise left half transparent and every rim a 2 px opacity ramp, which
-no mesh can look like. 1000 against the earlier 300 (``sds3d bench exemplar --device cpu --seeds
-S``, 200 steps, seeds 0-3; docs/mesh.md): normalized score 0.577 -> 0.574 (per seed -0.01, +0.01,
--0.03, +0.02), mesh vs scene object PSNR at 128 px 22.18 -> 23.38 dB, worst object 18.42 ->
-20.35 dB; on the held-out library (seeds 0-1) 0.477 -> 0.484 and 21.29 -> 23.25 dB. 3000 went
-too far (seed 0: normalized 0.51, the snowman a speckled blob), and the same entropy on each
-Gaussian's own opacity (--gaussians.opacity-entropy) trades the score for the mesh."""
-
-
 EPS2D = 0.3
 """gsplat's screen-space low-pass: pixels^2 added to every projected 2D covariance."""
 
@@ -204,7 +192,7 @@ def means_lr(cfg: GaussiansConfig, step: int) -> float:
     """The centres' learning rate at ``step`` (see ``GaussiansConfig.lr_means_final``)."""
     if cfg.lr_means_final is None:
         return cfg.lr_means
-    f = min(max(step / cfg.lr_means_decay_steps, 0.0), 1.0)
+    f = progress(step, cfg.lr_means_decay_steps)
     return math.exp((1 - f) * math.log(cfg.lr_means) + f * math.log(cfg.lr_means_final))
 
 
@@ -284,11 +272,10 @@ class GaussianScene:
         loss = torch.zeros((), device=self.device)
         if self.cfg.scale_reg > 0:
             loss = loss + self.cfg.scale_reg * torch.exp(self.splats["scales"]).amax(-1).mean()
-        first, last = self.cfg.alpha_entropy
-        w = first + (last - first) * min(step / max(max_steps - 1, 1), 1.0)
+        w = lerp(self.cfg.alpha_entropy, step, max_steps)
         if w > 0:
             loss = loss + w * binary_entropy(out.alpha).mean()
-        if self.cfg.opacity_entropy > 0 and step >= self.cfg.opacity_entropy_from * max_steps:
+        if self.cfg.opacity_entropy > 0 and reached(step, max_steps, self.cfg.opacity_entropy_from):
             loss = loss + self.cfg.opacity_entropy * binary_entropy(torch.sigmoid(self.splats["opacities"])).mean()
         return loss
 
@@ -353,117 +340,32 @@ class GaussianScene:
 
     # ------------------------------------------------------------------ export queries
 
-    def _export_params(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Centres [N,3], opacities [N], colours [N,3], precisions [N,6] and 3-sigma reaches [N].
+    volume_density = False  # a sum of opacity-weighted kernels: the export thresholds on renders
 
-        The precision ``P = R diag(1/s^2) R^T`` is kept as (P00, P11, P22, 2 P01, 2 P02, 2 P12),
-        so ``m2 = d^T P d`` is six products.
-        """
-        s = self.splats
-        scales = self.viewer_scales()
-        inv = quat_to_rotmat(s["quats"].detach()) / scales[:, None, :]
-        P = inv @ inv.transpose(-1, -2)
-        prec = torch.stack([P[:, 0, 0], P[:, 1, 1], P[:, 2, 2], 2 * P[:, 0, 1], 2 * P[:, 0, 2], 2 * P[:, 1, 2]], -1)
-        rgb = (0.5 + SH_C0 * s["sh0"].detach()[:, 0]).clamp(0, 1)
-        return s["means"].detach(), torch.sigmoid(s["opacities"].detach()), rgb, prec, 3 * scales.amax(-1)
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Nothing to switch: 3D Gaussians render the same in training and evaluation."""
+        yield
 
-    @torch.no_grad()
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The 3-sigma extent of the visible Gaussians (:func:`gaussian_field.splat_bounds`)."""
+        return splat_bounds(self.splats)
+
+    def _export_params(self) -> ExportParams:
+        """Centres, opacities, colours, precisions and reaches (:func:`gaussian_field.export_params`)."""
+        return export_params(self.splats, self.viewer_scales())
+
     def _field(self, points: Tensor, chunk_pairs: int = 4_000_000, colour: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Density [M] and (``colour``) density-weighted colour sum [M,3] at points (3-sigma support).
-
-        Gaussians are binned into a uniform grid of cells half their median 3-sigma reach (by
-        their bounding spheres); each point tests only the Gaussians of its cell.
-        """
-        mu, opac, rgb, prec, reach = self._export_params()
-        points = points.to(mu)
-        lo = torch.minimum((mu - reach[:, None]).amin(0), points.amin(0))
-        hi = torch.maximum((mu + reach[:, None]).amax(0), points.amax(0))
-        # Half-reach cells: a point tests the Gaussians with centres in ~27 reach^3 around it
-        # (64 reach^3 with cells of one reach).
-        cell = max(float((hi - lo).max()) / 256, 0.5 * float(reach.median()))
-        while float(((2 * reach / cell).floor() + 2).pow(3).sum()) > 2e7:  # bound the (cell, Gaussian) pairs
-            cell *= 1.5
-        dims = ((hi - lo) / cell).floor().long() + 1
-        g_lo = ((mu - reach[:, None] - lo) / cell).floor().long().clamp_min(0)
-        g_hi = torch.minimum(((mu + reach[:, None] - lo) / cell).floor().long(), dims - 1)
-        box = g_hi - g_lo + 1
-        counts = box.prod(-1)
-        gid = torch.repeat_interleave(torch.arange(len(mu), device=mu.device), counts)
-        local = torch.arange(len(gid), device=mu.device) - (torch.cumsum(counts, 0) - counts)[gid]
-        bx, by = box[gid, 0], box[gid, 1]
-        ix = g_lo[gid, 0] + local % bx
-        iy = g_lo[gid, 1] + (local // bx) % by
-        iz = g_lo[gid, 2] + local // (bx * by)
-        keys = (iz * dims[1] + iy) * dims[0] + ix
-        keys, order = torch.sort(keys)
-        gid = gid[order]
-        p_idx = ((points - lo) / cell).floor().long()
-        p_idx = torch.minimum(p_idx.clamp_min(0), dims - 1)
-        p_keys = (p_idx[:, 2] * dims[1] + p_idx[:, 1]) * dims[0] + p_idx[:, 0]
-        starts = torch.searchsorted(keys, p_keys)
-        n_per = torch.searchsorted(keys, p_keys, right=True) - starts
-        dens = torch.zeros(len(points), device=mu.device, dtype=mu.dtype)
-        col = torch.zeros(len(points), 3, device=mu.device, dtype=mu.dtype) if colour else None
-        cum = torch.cumsum(n_per, 0)
-        begin = 0
-        while begin < len(points):
-            budget = (cum[begin] - n_per[begin] + chunk_pairs).reshape(1)
-            end = max(int(torch.searchsorted(cum, budget, right=True)), begin + 1)
-            n = n_per[begin:end]
-            pid = begin + torch.repeat_interleave(torch.arange(end - begin, device=mu.device), n)
-            off = torch.arange(len(pid), device=mu.device) - (torch.cumsum(n, 0) - n)[pid - begin]
-            g = gid[starts[pid] + off]
-            dx, dy, dz = (points[pid] - mu[g]).unbind(-1)
-            q = prec[g].unbind(-1)
-            m2 = q[0] * dx * dx + q[1] * dy * dy + q[2] * dz * dz + dx * (q[3] * dy + q[4] * dz) + q[5] * dy * dz
-            w = torch.where(m2 <= 9.0, opac[g] * torch.exp(-0.5 * m2), torch.zeros_like(m2))
-            dens.index_add_(0, pid, w)
-            if col is not None:
-                col.index_add_(0, pid, w[:, None] * rgb[g])
-            begin = end
-        return dens, col
+        """Density [M] and (``colour``) density-weighted colour sum [M,3] at points (:func:`gaussian_field.field_at_points`)."""
+        return field_at_points(self._export_params(), points, chunk_pairs, colour)
 
     def density(self, points: Tensor) -> Tensor:
         return self._field(points, colour=False)[0]
 
-    @torch.no_grad()
     def density_on_grid(self, origin: Tensor, voxel: float, counts: tuple[int, int, int], chunk: int = 4_000_000) -> Tensor:
-        """``density`` at the nodes ``origin + voxel * (i, j, k)`` -> [nx, ny, nz] (``GridDensity``).
-
-        Each Gaussian is splatted onto the cube of nodes within its 3-sigma reach of its nearest
-        node; Gaussians with cubes of the same size go together, and the quadratic form over a
-        cube is a sum of outer products of per-axis offsets (no per-node gathers). On a 30-step
-        fog of 4,096 Gaussians the 256^3 grid costs ~1/30 of the point queries (docs/mesh.md).
-        """
-        mu, opac, _, prec, reach = self._export_params()
-        dims = torch.tensor(counts, device=mu.device)
-        origin = origin.to(mu)
-        out = torch.zeros(int(dims.prod()), device=mu.device, dtype=mu.dtype)
-        half = torch.ceil(reach / voxel).long()
-        centre = torch.round((mu - origin) / voxel).long()
-        stride = torch.tensor([counts[1] * counts[2], counts[2], 1], device=mu.device)
-        X = lambda v: v[:, :, None, None]  # noqa: E731  [G,B] per-axis values -> [G,B,B,B] along x
-        Y = lambda v: v[:, None, :, None]  # noqa: E731
-        Z = lambda v: v[:, None, None, :]  # noqa: E731
-        for b in torch.unique(half).tolist():
-            ids = torch.nonzero(half == b).flatten()
-            offsets = torch.arange(-b, b + 1, device=mu.device)
-            per_batch = max(1, chunk // (2 * b + 1) ** 3)
-            for g in ids.split(per_batch):
-                nodes = centre[g][:, :, None] + offsets  # [G,3,B] node index along each axis
-                d = origin[None, :, None] + voxel * nodes - mu[g][:, :, None]  # [G,3,B] offsets from the centre
-                dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
-                q = prec[g]
-                m2 = (X(q[:, 0, None] * dx * dx) + Y(q[:, 1, None] * dy * dy) + Z(q[:, 2, None] * dz * dz)
-                      + X(q[:, 3, None] * dx) * Y(dy) + X(q[:, 4, None] * dx) * Z(dz) + Y(q[:, 5, None] * dy) * Z(dz))
-                inside = (nodes >= 0) & (nodes < dims[None, :, None])
-                keep = (m2 <= 9.0) & X(inside[:, 0]) & Y(inside[:, 1]) & Z(inside[:, 2])
-                w = torch.where(keep, opac[g][:, None, None, None] * torch.exp(-0.5 * m2), torch.zeros_like(m2))
-                flat = nodes.clamp(min=0) * stride[None, :, None]
-                flat = torch.minimum(flat, ((dims - 1) * stride)[None, :, None])
-                index = X(flat[:, 0]) + Y(flat[:, 1]) + Z(flat[:, 2])
-                out.index_add_(0, index.reshape(-1), w.reshape(-1))
-        return out.reshape(counts)
+        """``density`` at the nodes ``origin + voxel * (i, j, k)`` -> [nx, ny, nz] (``GridDensity``;
+        :func:`gaussian_field.density_on_grid`)."""
+        return density_on_grid(self._export_params(), origin, voxel, counts, chunk)
 
     def albedo(self, points: Tensor) -> Tensor:
         dens, col = self._field(points)

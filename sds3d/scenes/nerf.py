@@ -18,16 +18,18 @@ elsewhere (and on CUDA when nerfacc's kernels cannot be built: one warning line,
 :func:`sds3d.render.resolve_nerf_sampler`), skipping samples in empty cells of the same
 occupancy grid (see :mod:`sds3d.render.nerf_render`); ``NerfScene.backend`` says which. Rays are rendered in chunks; with gradients and more than
 one chunk, each chunk is activation-checkpointed so memory stays that of one chunk (512x512
-renders fit); a render that fits one chunk is not recomputed. ``EXEMPLAR_NERF`` is the
-CPU preset for 64x64 renders.
+renders fit); a render that fits one chunk is not recomputed. The CPU preset for 64x64
+renders is ``sds3d.recipes.EXEMPLAR_NERF``.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import nerfacc
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
@@ -43,9 +45,10 @@ from sds3d.render.nerf_render import (
 )
 from sds3d.scenes.hashgrid import HashGridConfig
 from sds3d.scenes.nerf_field import RadianceField, Shading, shade, trunc_exp
+from sds3d.schedule import lerp
 from sds3d.types import RenderOutput, SDS3DError
 
-__all__ = ["EXEMPLAR_NERF", "NerfConfig", "NerfScene", "RadianceField", "Shading", "trunc_exp"]
+__all__ = ["NerfConfig", "NerfScene", "RadianceField", "Shading", "trunc_exp"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class NerfConfig:
     """act: softplus (grows linearly, so an opaque surface needs a large raw value) or exp
     (Instant-NGP's truncated exp). SDS with the exemplar prior, 200 steps, chair / snowman: with
     1x learning rates and no entropy, exp raised mesh fidelity by 1.2 / 1.0 dB and lowered
-    held-out PSNR by 0.2 / 0.5 dB; with EXEMPLAR_NERF, +0.4 / +0.2 dB and -0.4 / -0.2 dB. So
+    held-out PSNR by 0.2 / 0.5 dB; with recipes.EXEMPLAR_NERF, +0.4 / +0.2 dB and -0.4 / -0.2 dB. So
     softplus stays the default."""
     blob_radius: float = 0.5
     """Radius r where the density bias reaches zero."""
@@ -133,35 +136,7 @@ class NerfConfig:
         return NerfScene(self, torch.device(device))
 
 
-EXEMPLAR_NERF = NerfConfig(
-    grid=HashGridConfig(n_levels=8, log2_hashmap_size=16, per_level_scale=2 ** (4 / 7)),
-    num_samples=32,
-    lr_grid=3e-2,
-    lr_mlp=3e-3,
-    sparsity="entropy",
-    sparsity_weight=(0.0, 1000.0),
-)
-"""CPU preset for short runs at 64x64 (exemplar runs): 8 levels of 16 to 256 cells per axis in
-tables of 2^16 entries (a 256-cell level still resolves a quarter pixel at 64x64), 32 samples
-per ray (a bin of 1/16 of the radius, about 1.7 pixels at the default cameras), 3x the default
-learning rates (a 200-300 step run; the defaults are for thousands of steps), and the opacity
-entropy growing from 0 to 1000 over the run, so the field ends solid instead of as the soft
-fog that averages over what the prior leaves uncertain (a white snowman over a white
-background), which no exported mesh can look like.
-Measured with SDS, 200 steps (``sds3d bench exemplar --scene nerf``), held-out PSNR / mesh
-fidelity (mesh vs scene): on the chair / snowman / house 14.24 / 18.66 / 15.01 dB and 20.84 /
-22.94 / 21.64 dB with the default learning rates and no entropy; 17.53 / 21.24 / 15.36 and 21.98
-/ 21.84 / 22.64 with 3x rates alone; 16.16 / 19.45 / 15.04 and 29.60 / 26.69 / 29.57 with both.
-Over the 7 built-in objects this preset averages 17.35 dB, mask IoU 0.77, Chamfer 0.0245 and
-mesh fidelity 29.21 dB / IoU 0.98 (the previous preset, 1x rates without entropy: 16.25 dB,
-0.66, 0.0324, 24.19 dB / 0.94). Tried on the snowman, chair, house and cone (normalized score
-0.41 with this preset) and not kept: entropy only from half the run (0.40), a final entropy
-weight of 300 (snowman/chair PSNR +1.4/+0.7 dB, but mesh fidelity 22.7/23.4 dB), SDS t_max
-0.98 -> 0.5 at half the run (0.43, mesh fidelity 0.8 dB lower), sqrt t annealing (0.29), t_max
-0.6 (0.37), coarse-to-fine grid levels (snowman 0.41 against a higher ceiling). On the CLI:
---nerf.grid.n-levels 8 --nerf.grid.log2-hashmap-size 16 --nerf.grid.per-level-scale 1.486
---nerf.num-samples 32 --nerf.lr-grid 0.03 --nerf.lr-mlp 0.003 --nerf.sparsity entropy
---nerf.sparsity-weight 0 1000."""
+
 
 
 class NerfScene:
@@ -194,6 +169,16 @@ class NerfScene:
     def set_training(self, training: bool) -> None:
         """Training: jittered samples and random shading; evaluation: fixed samples, albedo."""
         self.training = training
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Evaluation renders (fixed samples, albedo shading) inside; the mode before is restored."""
+        was_training = self.training
+        self.set_training(False)
+        try:
+            yield
+        finally:
+            self.set_training(was_training)
 
     def _needs_normals(self, shading: Shading) -> bool:
         return not self.training or shading != "albedo" or max(self.cfg.orientation_weight) > 0
@@ -296,17 +281,13 @@ class NerfScene:
 
     # ------------------------------------------------------------------ training
 
-    def _weight(self, start_end: tuple[float, float], step: int, max_steps: int) -> float:
-        f = min(max(step / max(max_steps, 1), 0.0), 1.0)
-        return start_end[0] + (start_end[1] - start_end[0]) * f
-
     def regularization(self, out: RenderOutput, step: int, max_steps: int) -> Tensor:
         """orientation_weight * mean orientation + sparsity_weight * sparsity (scheduled)."""
         loss = torch.zeros((), device=out.alpha.device)
-        w_o = self._weight(self.cfg.orientation_weight, step, max_steps)
+        w_o = lerp(self.cfg.orientation_weight, step, max_steps)
         if w_o > 0 and "orientation" in out.info:
             loss = loss + w_o * out.info["orientation"].mean()
-        w_s = self._weight(self.cfg.sparsity_weight, step, max_steps)
+        w_s = lerp(self.cfg.sparsity_weight, step, max_steps)
         if w_s > 0:
             if self.cfg.sparsity == "mean":
                 loss = loss + w_s * out.alpha.mean()
@@ -339,6 +320,13 @@ class NerfScene:
         return sum(p.numel() for p in self.field.parameters())
 
     # ------------------------------------------------------------------ export and state
+
+    volume_density = True  # renders are the volume rendering of ``density``
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cube around the bounding sphere: nothing exists outside ``|x| < radius``."""
+        r = float(self.cfg.radius)
+        return np.full(3, -r), np.full(3, r)
 
     @torch.no_grad()
     def _query(self, points: Tensor, what: Literal["density", "albedo"], chunk: int = 1 << 16) -> Tensor:

@@ -16,24 +16,47 @@ Shading (DreamFusion, Poole et al. 2022) under a point light p:
     lambertian   c = albedo * (ambient + (1 - ambient) max(0, n . l)),   l = (p - x) / |p - x|
     textureless  c = ambient + (1 - ambient) max(0, n . l)               (white albedo)
 
-The options (:class:`sds3d.scenes.nerf.NerfConfig`) and the scene that trains and renders this
-field are in :mod:`sds3d.scenes.nerf`.
+The options it reads are the :class:`FieldOptions` protocol (:class:`sds3d.scenes.nerf.NerfConfig`
+satisfies it); the scene that trains and renders this field is in :mod:`sds3d.scenes.nerf`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sds3d.scenes.hashgrid import HashGrid
-
-if TYPE_CHECKING:
-    from sds3d.scenes.nerf import NerfConfig
+from sds3d.scenes.hashgrid import HashGrid, HashGridConfig
 
 Shading = Literal["albedo", "lambertian", "textureless"]
+
+
+class FieldOptions(Protocol):
+    """What the field reads of its options (:class:`sds3d.scenes.nerf.NerfConfig` has them all;
+    this module does not import it, so the field does not depend on the scene built around it)."""
+
+    @property
+    def radius(self) -> float: ...
+    @property
+    def grid(self) -> HashGridConfig: ...
+    @property
+    def hidden_dim(self) -> int: ...
+    @property
+    def hidden_layers(self) -> int: ...
+    @property
+    def blob_density(self) -> float: ...
+    @property
+    def blob_radius(self) -> float: ...
+    @property
+    def density_activation(self) -> Literal["softplus", "exp"]: ...
+    @property
+    def normals(self) -> Literal["analytic", "finite_difference"]: ...
+    @property
+    def normal_eps(self) -> float: ...
+    @property
+    def background(self) -> Literal["fixed", "random", "learned"]: ...
 
 
 class _TruncExp(torch.autograd.Function):
@@ -66,7 +89,7 @@ def _mlp(n_in: int, width: int, layers: int, n_out: int) -> nn.Sequential:
 class RadianceField(nn.Module):
     """Density and albedo at world points; an optional learned background over directions."""
 
-    def __init__(self, cfg: NerfConfig) -> None:
+    def __init__(self, cfg: FieldOptions) -> None:
         super().__init__()
         self.cfg = cfg
         self.grid: HashGrid = cfg.grid.setup()
