@@ -92,6 +92,9 @@ class RunConfig:
     """Torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1 ..."""
     mv_device: str | None = None
     """Device of the multi-view prior (default: --device); lets two priors share two GPUs."""
+    threads: int = 0
+    """CPU threads of torch; 0 picks them from the cores free for this run (affinity, cgroup quota,
+    cores busy with other processes; sds3d.threads). OMP_NUM_THREADS, when set, is used instead of 0."""
     negative_prompt: str = ""
     """Negative prompt (NFSD uses its own default when empty)."""
     view_dependent: bool = True

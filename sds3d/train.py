@@ -34,6 +34,7 @@ from tqdm import tqdm
 from sds3d.cameras import eval_cameras, sample_cameras
 from sds3d.checkpoint import load_checkpoint, load_into, require_entries, save_checkpoint, write_json_atomic
 from sds3d.config import RunConfig, save_config
+from sds3d.threads import configure_threads
 from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
 from sds3d.schedule import reached
 from sds3d.types import Prior, Scene, SDS3DError, render_views
@@ -183,6 +184,7 @@ def generate(
         run_dir = make_run_dir(cfg.output_dir, prompt)
     if not resume:
         save_config(cfg, prompt, run_dir / "config.json")
+    threads, threads_rule = configure_threads(cfg.threads)
     summary: dict[str, Any] = {
         "prompt": prompt,
         "recipe": cfg.recipe,
@@ -192,6 +194,8 @@ def generate(
         "steps": cfg.steps,
         "seed": cfg.seed,
         "device": str(device),
+        "threads": threads,
+        "threads_rule": threads_rule,
         "run_dir": str(run_dir),
         "status": "running",
     }

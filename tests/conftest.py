@@ -24,6 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Every run in the suite uses the thread count torch starts with (sds3d.threads would otherwise
+# pick one from the machine's load per run, and runs compared bit for bit must use the same).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 TINY_SEED = 0
 EXEMPLAR_CLI_FAST = [
     "--prior", "exemplar", "--device", "cpu", "--resolution", "32", "--batch-size", "2",

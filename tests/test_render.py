@@ -185,6 +185,14 @@ def test_bench_table_and_json(tmp_path, capsys) -> None:
     assert all(res[k] > 0 for k in ("naive_fwd", "torch_fwd", "naive_fwd_bwd", "torch_fwd_bwd"))
 
 
+def test_contention_table_counts_the_busy_process(capsys) -> None:
+    before = torch.get_num_threads()
+    res = run_rasterizer_bench(RasterizerBenchConfig(gaussians=64, views=1, size=16, repeats=1, contention=True))
+    assert "busy / busy 1-thr" in capsys.readouterr().out and torch.get_num_threads() == before
+    assert res["idle_1_threads"] == res["busy_1_threads"] == 1 and all(res[f"{l}_{n}"] > 0 for l in ("idle", "busy") for n in ("1", "all", "auto"))
+    assert res["busy_auto_threads"] <= max(1, res["idle_all_threads"] - 1)  # the busy child's core is not used
+
+
 @pytest.mark.slow
 def test_speed_vs_naive() -> None:
     s = random_scene(4096)

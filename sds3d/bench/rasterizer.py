@@ -7,6 +7,7 @@ skip below 1/255, exclusive stop at transmittance 1e-4). It re-derives the EWA p
 with full matrices and ``torch.linalg.inv`` instead of sharing code with the rasterizer.
 
     python -m sds3d.bench.rasterizer [--gaussians 4096 --views 4 --size 64 --repeats 3]
+    sds3d bench rasterizer --contention --gaussians 8192   (threads 1 / all / auto, idle and busy)
     sds3d bench rasterizer [same options]
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from torch import Tensor
 from sds3d.cameras import orbit_cameras
 from sds3d.render import TORCH_TILE_SIZE, rasterize_gaussians
 from sds3d.render.torch_rasterizer import eval_sh
+from sds3d.threads import auto_threads, busy_other_cpus, usable_cpus
 
 
 def naive_rasterize(
@@ -169,10 +173,56 @@ class RasterizerBenchConfig:
     """Tile size of the torch rasterizer."""
     json_out: str | None = None
     """Also write the numbers to this JSON file."""
+    contention: bool = False
+    """Instead: time the torch rasterizer's forward+backward at 1 thread, every core and sds3d's
+    automatic count (sds3d.threads), idle and with one busy process beside it, side by side."""
+
+
+def contention_table(cfg: RasterizerBenchConfig) -> dict[str, float]:
+    """fwd+bwd seconds for threads 1 / all / auto, idle and beside one busy process."""
+    scene = random_scene(cfg.gaussians)
+    cams = orbit_cameras([15.0] * cfg.views, [i * 360.0 / cfg.views for i in range(cfg.views)], 3.25, 42.5, cfg.size, cfg.size)
+    bg = torch.ones(cfg.views, 3)
+
+    def step() -> None:
+        params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+        rgb = rasterize_gaussians(**params, viewmats=cams.viewmats, Ks=cams.Ks, width=cfg.size, height=cfg.size,
+                                  backgrounds=bg, packed=False, tile_size=cfg.tile_size, backend="torch")[0]
+        rgb.square().mean().backward()
+
+    before, res = torch.get_num_threads(), {}
+    every = max(1, int(usable_cpus()))
+    for load in ("idle", "busy"):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
+        try:
+            time.sleep(0.3 if busy else 0.0)
+            for name in ("1", "all", "auto"):
+                n = {"1": 1, "all": every}.get(name) or auto_threads(usable_cpus(), busy_other_cpus(0.3))
+                torch.set_num_threads(n)
+                res[f"{load}_{name}"], res[f"{load}_{name}_threads"] = _time(step, cfg.repeats), n
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+    torch.set_num_threads(before)
+    best_idle = min(res["idle_1"], res["idle_all"])
+    print(f"torch rasterizer fwd+bwd, {cfg.views} views of {cfg.size}x{cfg.size}, {cfg.gaussians} Gaussians, "
+          f"median of {cfg.repeats}, {every} usable CPUs")
+    print(f"{'threads':<10}{'idle [s]':>10}{'n':>4}{'busy [s]':>10}{'n':>4}{'busy / busy 1-thr':>19}{'idle / best idle':>18}")
+    for name in ("1", "all", "auto"):
+        i, b = res[f"idle_{name}"], res[f"busy_{name}"]
+        print(f"{name:<10}{i:>10.4f}{res[f'idle_{name}_threads']:>4}{b:>10.4f}{res[f'busy_{name}_threads']:>4}"
+              f"{b / res['busy_1']:>18.2f}x{i / best_idle:>17.2f}x")
+    return res
 
 
 def run_rasterizer_bench(cfg: RasterizerBenchConfig) -> dict[str, float]:
     """Run, print the table, optionally write JSON; returns the numbers."""
+    if cfg.contention:
+        res = contention_table(cfg)
+        if cfg.json_out:
+            Path(cfg.json_out).write_text(json.dumps({**asdict(cfg), **res}, indent=2))
+        return res
     res = run(cfg.gaussians, cfg.views, cfg.size, cfg.repeats, cfg.tile_size)
     print(f"{cfg.views} views of {cfg.size}x{cfg.size}, {cfg.gaussians} Gaussians, "
           f"{torch.get_num_threads()} threads, torch median of {cfg.repeats}")
