@@ -8,6 +8,7 @@ with full matrices and ``torch.linalg.inv`` instead of sharing code with the ras
 
     python -m sds3d.bench.rasterizer [--gaussians 4096 --views 4 --size 64 --repeats 3]
     sds3d bench rasterizer --contention --gaussians 8192   (threads 1 / all / auto, idle and busy)
+    sds3d bench rasterizer --contention --train-step      (the same for a whole exemplar training step)
     sds3d bench rasterizer [same options]
 """
 
@@ -176,10 +177,46 @@ class RasterizerBenchConfig:
     contention: bool = False
     """Instead: time the torch rasterizer's forward+backward at 1 thread, every core and sds3d's
     automatic count (sds3d.threads), idle and with one busy process beside it, side by side."""
+    train_step: bool = False
+    """With --contention: time a whole training step of the README demo (exemplar prior, CPU)
+    instead of the rasterizer alone."""
 
 
-def contention_table(cfg: RasterizerBenchConfig) -> dict[str, float]:
-    """fwd+bwd seconds for threads 1 / all / auto, idle and beside one busy process."""
+def _train_step_fn(prompt: str = "a snowman") -> tuple[Callable[[], None], str]:
+    """One step of the README demo's run (exemplar recipe on CPU): sample cameras, render,
+    guidance, regularization, backward, optimizer step."""
+    from sds3d.cameras import sample_cameras
+    from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
+    from sds3d.recipes import resolve_run
+    from sds3d.train import seed_everything, training_background
+
+    cfg = resolve_run({"prior": "exemplar", "device": "cpu"})
+    device = torch.device("cpu")
+    prompts = build_prompts(prompt, cfg)
+    priors = load_priors(cfg, device)
+    precompute_prompts(priors, [prompts])
+    seed_everything(cfg.seed)
+    guidance = build_guidance(cfg, prompts, *priors)
+    scene = build_scene(cfg, device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state = {"step": 0}
+
+    def step() -> None:
+        i = state["step"]
+        res = cfg.resolution_at(i)
+        cams = sample_cameras(cfg.cameras, cfg.batch_size, res, res, cfg.num_views, generator=gen, device=device)
+        bg = training_background(cfg, i, cfg.batch_size, device)
+        out = scene.render(cams, bg)
+        scene.pre_backward(i, out)
+        g = guidance(out.rgb, cams, i, cfg.steps, bg)
+        (g.loss + scene.regularization(out, i, cfg.steps)).backward()
+        scene.optimizer_step(i, out)
+        state["step"] = i + 1
+
+    return step, f"exemplar training step ({prompt!r}, --device cpu, batch {cfg.batch_size})"
+
+
+def _rasterizer_step_fn(cfg: "RasterizerBenchConfig") -> tuple[Callable[[], None], str]:
     scene = random_scene(cfg.gaussians)
     cams = orbit_cameras([15.0] * cfg.views, [i * 360.0 / cfg.views for i in range(cfg.views)], 3.25, 42.5, cfg.size, cfg.size)
     bg = torch.ones(cfg.views, 3)
@@ -190,6 +227,13 @@ def contention_table(cfg: RasterizerBenchConfig) -> dict[str, float]:
                                   backgrounds=bg, packed=False, tile_size=cfg.tile_size, backend="torch")[0]
         rgb.square().mean().backward()
 
+    return step, f"torch rasterizer fwd+bwd, {cfg.views} views of {cfg.size}x{cfg.size}, {cfg.gaussians} Gaussians"
+
+
+def contention_table(cfg: RasterizerBenchConfig) -> dict[str, float]:
+    """Step seconds for threads 1 / all / auto, idle and beside one busy process (a python busy
+    loop started here), in one run."""
+    step, what = _train_step_fn() if cfg.train_step else _rasterizer_step_fn(cfg)
     before, res = torch.get_num_threads(), {}
     every = max(1, int(usable_cpus()))
     for load in ("idle", "busy"):
@@ -206,8 +250,7 @@ def contention_table(cfg: RasterizerBenchConfig) -> dict[str, float]:
                 busy.wait()
     torch.set_num_threads(before)
     best_idle = min(res["idle_1"], res["idle_all"])
-    print(f"torch rasterizer fwd+bwd, {cfg.views} views of {cfg.size}x{cfg.size}, {cfg.gaussians} Gaussians, "
-          f"median of {cfg.repeats}, {every} usable CPUs")
+    print(f"{what}, median of {cfg.repeats}, {every} usable CPUs")
     print(f"{'threads':<10}{'idle [s]':>10}{'n':>4}{'busy [s]':>10}{'n':>4}{'busy / busy 1-thr':>19}{'idle / best idle':>18}")
     for name in ("1", "all", "auto"):
         i, b = res[f"idle_{name}"], res[f"busy_{name}"]
