@@ -43,9 +43,9 @@ MVDREAM_UNET_PARAMS = 867_572_164
 # Fitted constants (see the module docstring): bytes per fp32 image at 512 px through the 2D
 # prior, per fp32 view at 256 px through MVDream, the VSD factor and the fixed part.
 ACT_2D_BYTES_512 = 1.9 * GIB
-ACT_MV_BYTES_256 = 0.5 * GIB
+ACT_MV_BYTES_256 = 0.6 * GIB
 VSD_UNET_FACTOR = 0.75
-BASE_BYTES = 1.0 * GIB
+BASE_BYTES = 1.2 * GIB
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 

@@ -119,3 +119,17 @@ def test_generate_fails_before_loading(tiny_sd_dir: Path, tmp_path: Path) -> Non
     with pytest.raises(SDS3DError, match="needs ~.* GiB"):
         generate("a corgi", cfg, progress=False)
     assert not list(tmp_path.glob("*/checkpoint.pt"))
+
+
+def test_batch_prior_cache_checks_before_its_first_load(tiny_sd_dir: Path) -> None:
+    from sds3d.batch.lines import BatchEntry
+    from sds3d.batch.runner import PriorCache
+
+    cfg = dataclasses.replace(RunConfig(), prior=str(tiny_sd_dir), batch_size=1, device="cpu", memory_limit_gib=1e-6)
+    cache = PriorCache([BatchEntry(0, "a corgi", (), cfg)])
+    with pytest.raises(SDS3DError, match="needs ~"):
+        cache.get(cache.entries[0], torch.device("cpu"))
+    assert not cache.loaded
+    ok = BatchEntry(0, "a corgi", (), dataclasses.replace(cfg, memory_limit_gib=None))
+    prior_2d, prior_mv = PriorCache([ok]).get(ok, torch.device("cpu"))
+    assert prior_2d is not None and prior_mv is None

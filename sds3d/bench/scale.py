@@ -141,6 +141,10 @@ def run_child(cmd: list[str], log_path: Path, timeout_s: float, env: dict[str, s
         timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or SIGTERM of the benchmark: the row's process group goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+            os.wait4(proc.pid, 0)
+            raise
         finally:
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
@@ -208,6 +212,10 @@ def format_table(rows: list[dict[str, Any]], cuda: bool) -> str:
     return "\n".join(lines)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_scale_bench(cfg: ScaleConfig, log: Any = print) -> list[dict[str, Any]]:
     """Build/reuse the model folders, run every row, print the table; returns the rows."""
     arch = "sd21" if cfg.arch == "real" else "tiny"
@@ -217,6 +225,8 @@ def run_scale_bench(cfg: ScaleConfig, log: Any = print) -> list[dict[str, Any]]:
             "host": platform.node(), "python": sys.version.split()[0], "started": datetime.now().isoformat(timespec="seconds")}
     rows: list[dict[str, Any]] = []
     cuda = cfg.device.startswith("cuda")
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (a timeout) stops the row too
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     for guidance, scene in _rows(cfg):
         log(f"[scale] {guidance} x {scene} ...")
         row = run_row(cfg, guidance, scene, sd_dir, mv_dir)
