@@ -9,8 +9,8 @@ A run's peak memory is dominated by the diffusion priors. The estimate is
                render size S (VAE encoder forward + backward through the render; coupled: view 0
                of each 4-view group) and act at MVDream's 256 px per view for the multi-view
                prior, w = sqrt(params(VAE) / params(SD-2.1 VAE)) the model's relative width
-         + BASE                                                                 (torch, Python,
-               scene, export; measured at the tiny architecture)
+         + BASE (+ NERF_EXTRA for NeRF)                                         (torch, Python,
+               scene, export)
 
 Parameter counts come from the model files themselves (the tensor shapes in each
 ``*.safetensors`` header, or the size of an ldm ``.pt``); for a hub id that is not in the local
@@ -43,9 +43,10 @@ MVDREAM_UNET_PARAMS = 867_572_164
 # Fitted constants (see the module docstring): bytes per fp32 image at 512 px through the 2D
 # prior, per fp32 view at 256 px through MVDream, the VSD factor and the fixed part.
 ACT_2D_BYTES_512 = 1.9 * GIB
-ACT_MV_BYTES_256 = 0.6 * GIB
+ACT_MV_BYTES_256 = 0.75 * GIB
 VSD_UNET_FACTOR = 0.75
 BASE_BYTES = 1.2 * GIB
+NERF_EXTRA_BYTES = 2.5 * GIB  # NeRF rows peaked 0.4-1.8 GiB above the Gaussian rows at real size (export)
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
@@ -155,7 +156,8 @@ def estimate(cfg: RunConfig, device_type: str) -> MemoryEstimate | None:
         sd = sd_params(cfg.mvdream.sd_model)
         weights += (mvdream_unet_params(mv_name, cfg.mvdream.checkpoint_file) + sd["vae"] + sd["text_encoder"]) * nbytes
         activations += int(ACT_MV_BYTES_256 * _width(sd["vae"], SD21_PARAMS["vae"]) * nbytes / 4 * cfg.batch_size * (cfg.mvdream.image_size / 256) ** 2)
-    return MemoryEstimate(weights=weights, activations=activations, base=int(BASE_BYTES), dtype=dtype)
+    base = BASE_BYTES + (NERF_EXTRA_BYTES if cfg.scene == "nerf" else 0)
+    return MemoryEstimate(weights=weights, activations=activations, base=int(base), dtype=dtype)
 
 
 def _width(params: int, reference: int) -> float:
