@@ -36,6 +36,7 @@ from sds3d.checkpoint import load_checkpoint, load_into, require_entries, save_c
 from sds3d.config import RunConfig, save_config
 from sds3d.threads import configure_threads
 from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
+from sds3d.memory import check_memory
 from sds3d.schedule import reached
 from sds3d.types import Prior, Scene, SDS3DError, render_views
 
@@ -180,6 +181,8 @@ def generate(
     cfg.validate()
     prompts = build_prompts(prompt, cfg)
     device = cfg.resolve_device()
+    if priors is None:  # before the models load: one line when they cannot fit
+        check_memory(cfg, device)
     if run_dir is None:
         run_dir = make_run_dir(cfg.output_dir, prompt)
     if not resume:
@@ -230,6 +233,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
     if priors is None:
         priors = load_priors(cfg, device)
         precompute_prompts(priors, [prompts])
+    summary["load_seconds"] = time.perf_counter() - t0
     prior_2d, prior_mv = priors
     seed_everything(cfg.seed)
     guidance = build_guidance(cfg, prompts, prior_2d, prior_mv)
@@ -256,6 +260,9 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
             {"step": step, "scene": scene.state_dict(), "guidance": guidance.state_dict(), "rng": rng_state(cam_gen)},
         )
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_loop = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="sds3d", unit="step", dynamic_ncols=True)
     t_step, step_at_log = time.perf_counter(), start
     with (run_dir / "metrics.jsonl").open("a" if resume else "w") as metrics, stop_signals() as stop:
@@ -305,10 +312,24 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not last:
                 check_finite(scene, step, run_dir)
                 checkpoint(step + 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    summary["step_seconds"] = (time.perf_counter() - t_loop) / max(cfg.steps - start, 1)
     check_finite(scene, cfg.steps - 1, run_dir)
     checkpoint(cfg.steps)
     train_seconds = time.perf_counter() - t0
     return finish(prompt, cfg, scene, device, run_dir, summary, train_seconds, t0)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (MB, ru_maxrss) and, on CUDA, the peak memory torch
+    allocated on ``device`` since the training loop began (weights included)."""
+    import resource
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
 
 def check_finite(scene: Scene, step: int, run_dir: Path) -> None:
@@ -336,12 +357,17 @@ def finish(prompt: str, cfg: RunConfig, scene: Scene, device, run_dir: Path, sum
     from sds3d.export import export_scene
     from sds3d.export.turntable import write_video
 
+    t_views = time.perf_counter()
     save_preview(scene, cfg, run_dir / "previews" / "final.png", device)
     frames = orbit_views(scene, cfg, cfg.turntable_frames, cfg.turntable_resolution, device)
     files = [write_video(frames, run_dir / "turntable.mp4")]
+    t_export = time.perf_counter()
     exported = export_scene(scene, run_dir, cfg.export, cfg.cameras, device)
     files += list(exported.paths)
+    summary.update(peak_memory(device))
     summary.update(
+        turntable_seconds=t_export - t_views,
+        export_seconds=time.perf_counter() - t_export,
         status="done",
         train_seconds=train_seconds,
         seconds=time.perf_counter() - t0,

@@ -22,6 +22,7 @@ import torch
 
 from sds3d.batch.lines import BatchEntry
 from sds3d.factory import PriorSpec, build_prompts, load_prior, precompute_prompts, prior_specs
+from sds3d.memory import check_memory
 from sds3d.types import Prior, SDS3DError
 
 
@@ -35,6 +36,8 @@ class PriorCache:
     def get(self, entry: BatchEntry, device: torch.device) -> tuple[Prior | None, Prior | None]:
         specs = prior_specs(entry.cfg, device)
         new = [s for s in specs if s is not None and s not in self.loaded]
+        if new and not self.loaded:  # the first load of this process: refuse what cannot fit
+            check_memory(entry.cfg, device)
         for spec in new:
             self.loaded[spec] = load_prior(spec)
         for spec in new:
