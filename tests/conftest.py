@@ -16,13 +16,14 @@ at a temporary folder so tests never write into ``~/.cache``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from sds3d.bench.scale_models import write_tiny_clip_tokenizer
 
 # Every run in the suite uses the thread count torch starts with (sds3d.threads would otherwise
 # pick one from the machine's load per run, and runs compared bit for bit must use the same).
@@ -36,35 +37,6 @@ EXEMPLAR_CLI_FAST = [
     "--export.turntable-frames", "4", "--export.turntable-resolution", "32",
     "--export.eval-views", "2", "--export.eval-resolution", "32",
 ]  # fmt: skip
-
-
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for the bytes 0..255."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def write_tiny_clip_tokenizer(folder: Path) -> int:
-    """A tiny CLIP BPE tokenizer: every byte (alone and word-final) plus a few merges.
-
-    Returns the vocabulary size. Any text tokenizes (unknown merges fall back to bytes).
-    """
-    chars = _bytes_to_unicode()
-    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("o", "f</w>"), ("v", "i"), ("e", "w</w>")]
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars] + [a + b for a, b in merges]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return len(vocab)
 
 
 def build_tiny_sd_pipeline(folder: Path, prediction_type: str = "epsilon", seed: int = TINY_SEED) -> Path:
