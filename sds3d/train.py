@@ -38,7 +38,7 @@ from sds3d.threads import configure_threads
 from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
 from sds3d.memory import check_memory
 from sds3d.schedule import reached
-from sds3d.types import Prior, Scene, SDS3DError, render_views
+from sds3d.types import Guidance, GuidanceOutput, Prior, Scene, SDS3DError, render_views
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -127,6 +127,22 @@ def training_background(cfg: RunConfig, step: int, batch: int, device: torch.dev
     colours = torch.rand(batch, 3, generator=gen)
     random = torch.rand(batch, 1, generator=gen) < cfg.random_background_p
     return torch.where(random, colours, torch.ones_like(colours)).to(device)
+
+
+def train_step(scene: Scene, guidance: Guidance, cfg: RunConfig, step: int, cam_gen: torch.Generator, device: torch.device) -> tuple[GuidanceOutput, torch.Tensor, int]:
+    """One training step (docs/design.md, One run): sample cameras, render, guidance,
+    regularization, backward, optimizer step. Returns the guidance output, the loss and the
+    render resolution."""
+    res = cfg.resolution_at(step)
+    cams = sample_cameras(cfg.cameras, cfg.batch_size, res, res, cfg.num_views, generator=cam_gen, device=device)
+    background = training_background(cfg, step, cfg.batch_size, device)
+    out = scene.render(cams, background)
+    scene.pre_backward(step, out)
+    g = guidance(out.rgb, cams, step, cfg.steps, background)
+    loss = g.loss + scene.regularization(out, step, cfg.steps)
+    loss.backward()
+    scene.optimizer_step(step, out)
+    return g, loss, res
 
 
 @contextmanager
@@ -272,15 +288,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
                 checkpoint(step)
                 why = f"by signal {stop['signal']}" if stop else "on request"
                 raise RunInterrupted(f"stopped {why} at step {step}; checkpoint saved: resume with sds3d generate --resume {run_dir}")
-            res = cfg.resolution_at(step)
-            cams = sample_cameras(cfg.cameras, cfg.batch_size, res, res, cfg.num_views, generator=cam_gen, device=device)
-            background = training_background(cfg, step, cfg.batch_size, device)
-            out = scene.render(cams, background)
-            scene.pre_backward(step, out)
-            g = guidance(out.rgb, cams, step, cfg.steps, background)
-            loss = g.loss + scene.regularization(out, step, cfg.steps)
-            loss.backward()
-            scene.optimizer_step(step, out)
+            g, loss, res = train_step(scene, guidance, cfg, step, cam_gen, device)
 
             last = step + 1 == cfg.steps
             if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:

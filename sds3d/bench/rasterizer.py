@@ -185,10 +185,9 @@ class RasterizerBenchConfig:
 def _train_step_fn(prompt: str = "a snowman") -> tuple[Callable[[], None], str]:
     """One step of the README demo's run (exemplar recipe on CPU): sample cameras, render,
     guidance, regularization, backward, optimizer step."""
-    from sds3d.cameras import sample_cameras
     from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
     from sds3d.recipes import resolve_run
-    from sds3d.train import seed_everything, training_background
+    from sds3d.train import seed_everything, train_step
 
     cfg = resolve_run({"prior": "exemplar", "device": "cpu"})
     device = torch.device("cpu")
@@ -202,16 +201,8 @@ def _train_step_fn(prompt: str = "a snowman") -> tuple[Callable[[], None], str]:
     state = {"step": 0}
 
     def step() -> None:
-        i = state["step"]
-        res = cfg.resolution_at(i)
-        cams = sample_cameras(cfg.cameras, cfg.batch_size, res, res, cfg.num_views, generator=gen, device=device)
-        bg = training_background(cfg, i, cfg.batch_size, device)
-        out = scene.render(cams, bg)
-        scene.pre_backward(i, out)
-        g = guidance(out.rgb, cams, i, cfg.steps, bg)
-        (g.loss + scene.regularization(out, i, cfg.steps)).backward()
-        scene.optimizer_step(i, out)
-        state["step"] = i + 1
+        train_step(scene, guidance, cfg, state["step"], gen, device)
+        state["step"] += 1
 
     return step, f"exemplar training step ({prompt!r}, --device cpu, batch {cfg.batch_size})"
 
