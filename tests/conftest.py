@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sds3d.bench.scale_models import write_tiny_clip_tokenizer
+from sds3d.bench.scale_models import TINY_TEXT_ENCODER, write_tiny_clip_tokenizer
+from sds3d.priors.archs import TINY_UNET, TINY_VAE
 
 # Every run in the suite uses the thread count torch starts with (sds3d.threads would otherwise
 # pick one from the machine's load per run, and runs compared bit for bit must use the same).
@@ -47,38 +48,12 @@ def build_tiny_sd_pipeline(folder: Path, prediction_type: str = "epsilon", seed:
     vocab_size = write_tiny_clip_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=2,
-        use_linear_projection=True,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=16,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET)
+    vae = AutoencoderKL(**TINY_VAE)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            hidden_act="gelu",
+            **TINY_TEXT_ENCODER,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
