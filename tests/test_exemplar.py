@@ -112,6 +112,7 @@ def test_single_image_returns_it_and_nearest_image_dominates(prior: ExemplarPrio
     keep = torch.nonzero(allowed)[:1, 0]
     one.images, one.sq_norms = prior.images[keep], prior.sq_norms[keep]
     one.object_id, one.bucket_id, one._cache, one._masks = prior.object_id[keep], prior.bucket_id[keep], {}, {}
+    one.n_objects, one.images_per_object = 1, 1
     y = one.images.reshape(1, 3, RES, RES)
     for step in (5, 500, 990):
         t = torch.tensor([step])
@@ -297,3 +298,24 @@ def test_multi_view_background_recognises_a_group_on_it(objects, tmp_path_factor
     assert torch.allclose(x0, y, atol=1e-3)
     white = mv.predict_noise(x_t, torch.full((4,), 20), [mv.condition(["a blue cylinder"] * 4)], cams[4 * g : 4 * g + 4])
     assert float(((x_t - (1 - ab).sqrt() * white[0]) / ab.sqrt() - y).abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("multi_view", [False, True])
+def test_one_object_prompt_reads_only_its_images(objects, tmp_path_factory, monkeypatch, multi_view: bool) -> None:
+    """A prompt that names one object gives the same score from that object's images alone as
+    from the whole library (the others get weight 0), on white and on another background."""
+    cfg = ExemplarConfig(resolution=RES, num_groups=8, multi_view=multi_view, chunk=20, cache_dir=tmp_path_factory.mktemp("span"))
+    p = ExemplarPrior(objects, torch.device("cpu"), cfg)
+    per = 8 * 4
+    cond = [p.condition(["a green box"] * 4), p.condition(["a green box, side view"] * 4)]
+    assert p._span(torch.stack([torch.stack([p._allowed(c) for c in cs]) for cs in cond])) == slice(per, 2 * per)
+    torch.manual_seed(3)
+    x_t, t = torch.randn(4, 3, RES, RES), torch.tensor([50, 300, 600, 950])
+    cams = library_cameras(8, RES)[8:12]
+    for bg in (None, torch.tensor([[0.2, 0.5, 0.9]] * 4)):
+        fast = p.predict_noise(x_t, t, cond, cams, bg)
+        monkeypatch.setattr(p, "_span", lambda allowed: slice(None))
+        full = p.predict_noise(x_t, t, cond, cams, bg)
+        monkeypatch.undo()
+        assert torch.allclose(fast, full, atol=1e-5), float((fast - full).abs().max())
+        assert float(full.abs().max()) > 0.5

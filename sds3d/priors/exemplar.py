@@ -10,8 +10,9 @@ Diffusion-Based Generative Models", NeurIPS 2022, eq. 57, in DDPM form):
     eps(x_t)    = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab)
 
 The ``|x_t|^2`` term is the same for every ``i`` and drops out of the softmax, so the logits are
-``(sqrt(ab) x_t . y_i - ab |y_i|^2 / 2) / (1 - ab)``: one matmul (chunked over library images)
-shared by all K conditionings, a masked softmax per conditioning (log-sum-exp stable), then
+``(sqrt(ab) x_t . y_i - ab |y_i|^2 / 2) / (1 - ab)``: one matmul (chunked; over the images of the
+first to the last object that some conditioning admits, as the others get weight 0) shared by
+all K conditionings, a masked softmax per conditioning (log-sum-exp stable), then
 one weighted sum that reads only the images whose weight exceeds 1e-12 in some row (below
 float32 resolution; at small t that is a handful of images, at large t all of them).
 
@@ -138,6 +139,7 @@ class ExemplarPrior:
         self.image_cover = (self.images.reshape(M, 3, P).double() * self.cover[:, None].double()).sum(-1).float()  # [M,3]
         self.cover_sq = (self.cover.double() ** 2).sum(-1).float()  # [M]
         self.object_id = torch.arange(n_obj).repeat_interleave(G * V).to(self.device)  # [M]
+        self.n_objects, self.images_per_object = n_obj, G * V
         el, az = lib.elevation.reshape(-1), lib.azimuth.reshape(-1)  # [G*V]
         buckets = torch.tensor([VIEW_NAMES.index(b) for b in view_buckets(el, az)])
         self.bucket_id = buckets.repeat(n_obj).to(self.device)  # [M]
@@ -224,17 +226,28 @@ class ExemplarPrior:
         eps = (x_t.reshape(1, B, -1) - ab.sqrt() * x0) / (1.0 - ab).sqrt()
         return eps.reshape(len(conditions), *x_t.shape)
 
-    def _logits(self, x: Tensor, ab: Tensor, shift: Tensor | None = None) -> Tensor:
-        """[B,M] log-weights up to a per-row constant: (sqrt(ab) x.y - ab |y|^2 / 2) / (1 - ab),
-        with ``y = y_white + shift * cover`` per channel when the renders are on another background."""
-        chunks = [(lo, lo + self.cfg.chunk) for lo in range(0, len(self.images), self.cfg.chunk)]
-        dots = torch.cat([x @ self.images[lo:hi].T for lo, hi in chunks], 1)
-        sq = self.sq_norms[None]
+    def _span(self, allowed: Tensor) -> slice:
+        """The library images of the first to the last object that ``allowed`` [..., M] admits
+        (object-major, so a view, not a copy): the images outside it have weight 0, and a
+        prompt that names one object reads 1/n_objects of the library."""
+        per_object = allowed.reshape(-1, self.n_objects, self.images_per_object).any(-1).any(0)
+        idx = torch.nonzero(per_object)[:, 0]
+        lo, hi = (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, self.n_objects)
+        return slice(lo * self.images_per_object, hi * self.images_per_object)
+
+    def _logits(self, x: Tensor, ab: Tensor, shift: Tensor | None = None, span: slice = slice(None)) -> Tensor:
+        """[B,m] log-weights of the images in ``span``, up to a per-row constant:
+        (sqrt(ab) x.y - ab |y|^2 / 2) / (1 - ab), with ``y = y_white + shift * cover`` per channel
+        when the renders are on another background."""
+        images, cover = self.images[span], self.cover[span]
+        chunks = [(lo, lo + self.cfg.chunk) for lo in range(0, len(images), self.cfg.chunk)]
+        dots = torch.cat([x @ images[lo:hi].T for lo, hi in chunks], 1)
+        sq = self.sq_norms[span][None]
         if shift is not None:
-            B, P = x.shape[0], self.cover.shape[1]
-            xc = torch.cat([x.reshape(B * 3, P) @ self.cover[lo:hi].T for lo, hi in chunks], 1).reshape(B, 3, -1)
+            B, P = x.shape[0], cover.shape[1]
+            xc = torch.cat([x.reshape(B * 3, P) @ cover[lo:hi].T for lo, hi in chunks], 1).reshape(B, 3, -1)
             dots = dots + (shift[:, :, None] * xc).sum(1)
-            sq = sq + 2.0 * shift @ self.image_cover.T + (shift**2).sum(-1, keepdim=True) * self.cover_sq[None]
+            sq = sq + 2.0 * shift @ self.image_cover[span].T + (shift**2).sum(-1, keepdim=True) * self.cover_sq[span][None]
         return (ab.sqrt() * dots - 0.5 * ab * sq) / (1.0 - ab)
 
     def _weighted_sum(self, w: Tensor, images: Tensor) -> Tensor:
@@ -246,12 +259,14 @@ class ExemplarPrior:
 
     def _posterior_mean(self, x: Tensor, ab: Tensor, allowed: Tensor, shift: Tensor | None = None) -> Tensor:
         """x [B,D], ab [B,1], allowed [K,B,M], shift [B,3] or None -> x0_hat [K,B,D]."""
-        K, B, M = allowed.shape
-        logits = self._logits(x, ab, shift).expand(K, B, M).masked_fill(~allowed, -torch.inf)
-        w = torch.softmax(logits, -1).reshape(K * B, M)
-        x0 = self._weighted_sum(w, self.images)
+        span = self._span(allowed)
+        allowed = allowed[..., span]
+        K, B, m = allowed.shape
+        logits = self._logits(x, ab, shift, span).expand(K, B, m).masked_fill(~allowed, -torch.inf)
+        w = torch.softmax(logits, -1).reshape(K * B, m)
+        x0 = self._weighted_sum(w, self.images[span])
         if shift is not None:  # + shift * (sum_i w_i cover_i), per channel
-            x0 = x0 + (shift.repeat(K, 1)[:, :, None] * self._weighted_sum(w, self.cover)[:, None]).reshape(K * B, -1)
+            x0 = x0 + (shift.repeat(K, 1)[:, :, None] * self._weighted_sum(w, self.cover[span])[:, None]).reshape(K * B, -1)
         return x0.reshape(K, B, -1)
 
     def _posterior_mean_groups(
@@ -260,10 +275,12 @@ class ExemplarPrior:
         """Multi-view: posterior over library groups (x4 cyclic orders), per group of 4 samples."""
         if cameras is None or x.shape[0] % 4:
             raise SDS3DError("the multi-view exemplar prior needs cameras and a batch of groups of 4 views")
+        span = self._span(allowed)
+        allowed = allowed[..., span]
         K, B, M = allowed.shape
         S, G = B // 4, self.lib_elevation.shape[0]
-        n_obj = M // (4 * G)
-        logits = self._logits(x, ab, bg_shift).reshape(S, 4, n_obj, G, 4)  # per view against every image
+        n_obj = M // (4 * G)  # the objects in the span
+        logits = self._logits(x, ab, bg_shift, span).reshape(S, 4, n_obj, G, 4)  # per view against every image
         el = cameras.elevation.to(self.device).reshape(S, 4)
         az = cameras.azimuth.to(self.device).reshape(S, 4)
         total = []
@@ -278,8 +295,8 @@ class ExemplarPrior:
         obj_ok = allowed.reshape(K, S, 4, n_obj, G * 4)[:, :, 0].any(-1)  # [K, S, n_obj] (first view's prompt)
         w = total[None].masked_fill(~obj_ok[..., None, None], -torch.inf)  # [K,S,n_obj,G,shift]
         w = torch.softmax(w.reshape(K, S, -1), -1).reshape(K * S, n_obj * G, 4)
-        imgs = self.images.reshape(n_obj * G, 4, -1)
-        covers = self.cover.reshape(n_obj * G, 4, -1)
+        imgs = self.images[span].reshape(n_obj * G, 4, -1)
+        covers = self.cover[span].reshape(n_obj * G, 4, -1)
         x0 = torch.zeros(K * S, 4, x.shape[1], device=self.device)
         bg = None if bg_shift is None else bg_shift.reshape(S, 4, 3).repeat(K, 1, 1)  # [K*S, 4, 3]
         for shift in range(4):
