@@ -230,6 +230,18 @@ def test_sds_gradient_matches_formula(negative: str) -> None:
     assert prior.calls[0]["prompts"][1] == [negative] * 3
 
 
+def test_sds_scale_one_skips_the_unconditional() -> None:
+    """At s = 1, e_cfg = e(y): SDS asks the prior for the conditional prediction only."""
+    prior = StubPrior()
+    prompts = PromptSet(PROMPT, negative="blurry")
+    guidance = SDSConfig(guidance_scale=1.0, timesteps=fixed_t(0.5), grad_clip=None).setup(prior, prompts)
+    cameras = cams([0.0, 90.0, 180.0])
+    x, g, eps, t = run(guidance, prior, cameras)
+    assert len(prior.calls) == 1 and prior.calls[0]["k"] == 1
+    w = 1 - prior.alphas_cumprod[500]
+    torch.testing.assert_close(g, w * (stack(prompts.for_cameras(cameras)) - eps), rtol=1e-5, atol=1e-5)
+
+
 def test_sds_uniform_weighting_and_clip() -> None:
     prior = StubPrior()
     prompts = PromptSet(PROMPT, view_dependent=False)

@@ -11,7 +11,9 @@ s = 100, t in [0.02, 0.98] T with t_max -> 0.55 after 5/12 of the steps (step 50
 and g clamped elementwise to [-c, c] with c rising linearly 1.5 -> 2.0 over the first 5/6 of
 the steps (1,000 of 1,200). The exemplar recipe (:func:`sds3d.recipes.exemplar_recipe`) keeps
 the fixed range and no clipping. ``e(y)`` uses the camera's
-view-dependent prompt; both predictions come from ONE ``prior.predict_noise`` call. With
+view-dependent prompt; both predictions come from ONE ``prior.predict_noise`` call (at s = 1
+without Perp-Neg, e_cfg = e(y) and the unconditional prediction is skipped, as diffusers'
+pipelines skip it at scale <= 1; the exemplar recipe uses s = 1). With
 Perp-Neg (``PromptSet.perp_neg``) the front and side view prompts join that call and
 ``e(y) - e(u)`` is replaced by the Perp-Neg direction of :mod:`sds3d.guidance.perp_neg`.
 """
@@ -61,13 +63,18 @@ class SDSGuidance(Stateless):
     def __call__(self, rgb: Tensor, cameras: Cameras, step: int, max_steps: int, background: Tensor | None = None) -> GuidanceOutput:
         prior, cfg = self.prior, self.cfg
         b = len(cameras)
-        prompt_lists = [self.prompts.for_cameras(cameras), self.prompts.unconditionals(b)] + self.perp_neg.prompt_lists(b)
+        guided = cfg.guidance_scale != 1.0 or bool(self.perp_neg)
+        prompt_lists = [self.prompts.for_cameras(cameras)]
+        if guided:
+            prompt_lists += [self.prompts.unconditionals(b)] + self.perp_neg.prompt_lists(b)
         x, t, eps, e = noised_predictions(prior, rgb, step, max_steps, cfg.timesteps, prompt_lists, cameras, background)
-        e_y, e_u = e[0], e[1]
-        delta = e_y - e_u
-        if self.perp_neg:
-            delta = delta + self.perp_neg.term(delta, e[2:], e_u, cameras)
-        e_cfg = e_u + cfg.guidance_scale * delta
+        e_cfg = e[0]  # s = 1 without Perp-Neg: e_cfg = e(y), no unconditional prediction needed
+        if guided:
+            e_y, e_u = e[0], e[1]
+            delta = e_y - e_u
+            if self.perp_neg:
+                delta = delta + self.perp_neg.term(delta, e[2:], e_u, cameras)
+            e_cfg = e_u + cfg.guidance_scale * delta
         g = weight(cfg.weighting, prior.alphas_cumprod, t) * (e_cfg - eps)
         clip = clip_at(cfg.grad_clip, cfg.grad_clip_end, cfg.grad_clip_ramp, step, max_steps)
         return finish(x, g, t, clip, cfg.grad_clip_mode)
