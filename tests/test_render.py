@@ -10,7 +10,7 @@ import torch
 
 from sds3d.bench.rasterizer import RasterizerBenchConfig, naive_rasterize, random_scene, run_rasterizer_bench
 from sds3d.cameras import orbit_cameras
-from sds3d.render import kernels, rasterize_gaussians, resolve_backend
+from sds3d.render import TORCH_TILE_SIZE, kernels, rasterize_gaussians, resolve_backend
 from sds3d.render.torch_rasterizer import rasterization
 from sds3d.types import SDS3DError
 
@@ -175,7 +175,7 @@ def test_backend_switch(monkeypatch) -> None:
     viewmats, Ks = cams(1)
     rgb, _, meta = rasterize_gaussians(**s, viewmats=viewmats, Ks=Ks, width=40, height=32)
     ref, _, _ = rasterization(**s, viewmats=viewmats, Ks=Ks, width=40, height=32)
-    assert torch.allclose(rgb, ref, atol=1e-6) and meta["tile_size"] == 8
+    assert torch.allclose(rgb, ref, atol=1e-6) and meta["tile_size"] == TORCH_TILE_SIZE
 
 
 def test_bench_table_and_json(tmp_path, capsys) -> None:

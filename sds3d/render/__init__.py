@@ -23,9 +23,11 @@ from sds3d.render.kernels import kernels_or_fallback, require_kernels
 from sds3d.types import SDS3DError
 
 Backend = Literal["auto", "gsplat", "torch"]
-TORCH_TILE_SIZE = 8
-"""Tile size of the torch backend: small tiles waste fewer pixel tests on a CPU. The image does
-not depend on it (every pixel a Gaussian reaches above 1/255 lies inside its binned box)."""
+TORCH_TILE_SIZE = 4
+"""Tile size of the torch backend: small tiles waste fewer pixel tests on a CPU (4 px beat 2, 3,
+6 and 8 px at 64 and 128 px renders of 8k Gaussians, forward + backward, 1 and 2 threads; see
+docs/benchmarks.md). The image does not depend on it beyond float rounding (every pixel a
+Gaussian reaches above 1/255 lies inside its binned box)."""
 
 
 def resolve_backend(backend: Backend, device_is_cuda: bool) -> Literal["gsplat", "torch"]:
