@@ -35,6 +35,7 @@ from sds3d.cameras import eval_cameras, sample_cameras
 from sds3d.checkpoint import load_checkpoint, load_into, require_entries, save_checkpoint, write_json_atomic
 from sds3d.config import RunConfig, save_config
 from sds3d.threads import configure_threads
+from sds3d.timing import Phases, startup_seconds
 from sds3d.factory import build_guidance, build_prompts, build_scene, load_priors, precompute_prompts
 from sds3d.memory import check_memory
 from sds3d.schedule import reached
@@ -194,6 +195,8 @@ def generate(
     loaded models across prompts. ``should_stop`` is asked between steps (besides SIGINT/SIGTERM):
     when it says yes, the run checkpoints and raises :class:`RunInterrupted`.
     """
+    startup = startup_seconds()
+    phases = Phases()
     cfg.validate()
     prompts = build_prompts(prompt, cfg)
     device = cfg.resolve_device()
@@ -218,38 +221,42 @@ def generate(
         "run_dir": str(run_dir),
         "status": "running",
     }
-    t0 = time.perf_counter()
+    if startup is not None:
+        summary["startup_seconds"] = startup
+    phases.mark("setup")
     try:
         try:
-            result = _train(prompt, prompts, cfg, device, run_dir, resume, priors, progress, summary, t0, should_stop)
+            result = _train(prompt, prompts, cfg, device, run_dir, resume, priors, progress, summary, phases, should_stop)
         except torch.cuda.OutOfMemoryError:
             raise SDS3DError(
                 f"out of GPU memory on {device}; lower --batch-size or --resolution, use --nerf.ray-chunk "
                 "smaller, --diffusers.tiny-vae, or put the multi-view prior on another GPU with --mv-device"
             ) from None
     except RunInterrupted as e:
-        _record_end(run_dir, summary, "interrupted", str(e), t0)
+        _record_end(run_dir, summary, "interrupted", str(e), phases)
         raise
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised
-        _record_end(run_dir, summary, "failed", f"{type(e).__name__}: {e}", t0)
+        _record_end(run_dir, summary, "failed", f"{type(e).__name__}: {e}", phases)
         raise
     return result
 
 
-def _record_end(run_dir: Path, summary: dict[str, Any], status: str, error: str, t0: float) -> None:
+def _record_end(run_dir: Path, summary: dict[str, Any], status: str, error: str, phases: Phases) -> None:
     """Write summary.json for a run that did not finish; never hides the original error."""
-    summary.update(status=status, error=error, seconds=time.perf_counter() - t0)
+    phases.mark("stopped")
+    summary.update(status=status, error=error, seconds=phases.total(), phases=dict(phases.seconds))
     try:
         write_json_atomic(run_dir / "summary.json", summary)
     except SDS3DError as e:
         print(f"sds3d: warning: {e}", file=sys.stderr)
 
 
-def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool, priors, progress: bool, summary, t0, should_stop=None) -> RunResult:
+def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool, priors, progress: bool, summary, phases: Phases, should_stop=None) -> RunResult:
     if priors is None:
         priors = load_priors(cfg, device)
         precompute_prompts(priors, [prompts])
-    summary["load_seconds"] = time.perf_counter() - t0
+    phases.mark("load")
+    summary["load_seconds"] = phases.seconds["load"]
     prior_2d, prior_mv = priors
     seed_everything(cfg.seed)
     guidance = build_guidance(cfg, prompts, prior_2d, prior_mv)
@@ -278,7 +285,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t_loop = time.perf_counter()
+    t_loop = phases.mark("build")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="sds3d", unit="step", dynamic_ncols=True)
     t_step, step_at_log = time.perf_counter(), start
     with (run_dir / "metrics.jsonl").open("a" if resume else "w") as metrics, stop_signals() as stop:
@@ -305,7 +312,7 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
                     "t": float(g.t.float().mean()),
                     "num_primitives": scene.num_primitives(),
                     "resolution": res,
-                    "seconds": now - t0,
+                    "seconds": now - phases.start,
                     "seconds_per_step": (now - t_step) / (step + 1 - step_at_log),  # the steps run since the last record
                 }
                 record.update({k: float(v) for k, v in g.logs.items()})
@@ -322,11 +329,11 @@ def _train(prompt, prompts, cfg: RunConfig, device, run_dir: Path, resume: bool,
                 checkpoint(step + 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    summary["step_seconds"] = (time.perf_counter() - t_loop) / max(cfg.steps - start, 1)
+    summary["step_seconds"] = (phases.mark("train") - t_loop) / max(cfg.steps - start, 1)
     check_finite(scene, cfg.steps - 1, run_dir)
     checkpoint(cfg.steps)
-    train_seconds = time.perf_counter() - t0
-    return finish(prompt, cfg, scene, device, run_dir, summary, train_seconds, t0)
+    phases.mark("checkpoint")
+    return finish(prompt, cfg, scene, device, run_dir, summary, phases)
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -360,25 +367,27 @@ def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
             yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
 
 
-def finish(prompt: str, cfg: RunConfig, scene: Scene, device, run_dir: Path, summary: dict, train_seconds: float, t0: float) -> RunResult:
+def finish(prompt: str, cfg: RunConfig, scene: Scene, device, run_dir: Path, summary: dict, phases: Phases) -> RunResult:
     """Preview, turntable, mesh export and summary.json after the last step."""
     from sds3d.export import export_scene
     from sds3d.export.turntable import write_video
 
-    t_views = time.perf_counter()
+    train_seconds = phases.total()  # to the final checkpoint
     save_preview(scene, cfg, run_dir / "previews" / "final.png", device)
     frames = orbit_views(scene, cfg, cfg.turntable_frames, cfg.turntable_resolution, device)
     files = [write_video(frames, run_dir / "turntable.mp4")]
-    t_export = time.perf_counter()
+    phases.mark("turntable")
     exported = export_scene(scene, run_dir, cfg.export, cfg.cameras, device)
     files += list(exported.paths)
     summary.update(peak_memory(device))
+    phases.mark("export")
     summary.update(
-        turntable_seconds=t_export - t_views,
-        export_seconds=time.perf_counter() - t_export,
+        turntable_seconds=phases.seconds["turntable"],
+        export_seconds=phases.seconds["export"],
         status="done",
         train_seconds=train_seconds,
-        seconds=time.perf_counter() - t0,
+        seconds=phases.total(),
+        phases=dict(phases.seconds),
         num_primitives=scene.num_primitives(),
         files=sorted(str(Path(f).relative_to(run_dir)) for f in files),
         mesh=exported.summary(),

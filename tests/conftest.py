@@ -120,3 +120,15 @@ def exact_float32() -> Iterator[None]:
     finally:
         torch.set_float32_matmul_precision(old[0])
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[1], old[2]
+
+
+def assert_phases(summary: dict) -> None:
+    """A finished run's phases: every one present, none negative, adding up to ``seconds``."""
+    from sds3d.timing import PHASES
+
+    phases = summary["phases"]
+    assert list(phases) == list(PHASES), phases
+    assert all(v >= 0 for v in phases.values()), phases
+    assert abs(sum(phases.values()) - summary["seconds"]) < 1e-6
+    assert phases["train"] > 0 and phases["export"] > 0
+    assert abs(summary["load_seconds"] - phases["load"]) < 1e-9 and abs(summary["export_seconds"] - phases["export"]) < 1e-9

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_phases
 
 from sds3d.cli import main
 
@@ -37,6 +38,7 @@ def test_generate_writes_every_output_and_never_overwrites(tiny_sd_dir, tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "done" and summary["steps"] == 4 and summary["prompt"] == "a hamburger"
     assert "mesh.glb" in summary["files"]
+    assert_phases(summary)
     config = json.loads((run / "config.json").read_text())
     assert config["prompt"] == "a hamburger" and config["config"]["steps"] == 4
     # a second run gets its own folder

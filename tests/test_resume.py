@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import sds3d.train as train
-from conftest import EXEMPLAR_CLI_FAST
+from conftest import assert_phases, EXEMPLAR_CLI_FAST
 from sds3d.cli import main
 from sds3d.types import GuidanceOutput
 
@@ -147,6 +147,9 @@ def test_batch_killed_by_sigterm_and_rerun_matches_an_uninterrupted_batch(tmp_pa
     assert summary["status"] == "done" and summary["resumed_from_step"] == stopped_at
     a, b = load(tmp_path / "ref" / "0000-a-snowman" / "checkpoint.pt"), load(run / "checkpoint.pt")
     assert a["step"] == b["step"] == 8
+    ref_summary = json.loads((tmp_path / "ref" / "0000-a-snowman" / "summary.json").read_text())
+    assert_phases(ref_summary)  # the first run of its process also has the process's startup
+    assert 0.3 < ref_summary["startup_seconds"] < 120
     assert_same_tree(a["scene"], b["scene"], "scene")
     assert_same_tree(a["rng"], b["rng"], "rng")
     records = [json.loads(line) for line in (tmp_path / "cut" / "manifest.jsonl").read_text().splitlines()]
