@@ -10,7 +10,7 @@ from sds3d.priors.procedural_families import FAMILIES, TALL_FAMILIES, THIN_FAMIL
 from sds3d.priors.procedural_shapes import length, thickness
 from sds3d.types import SDS3DError
 
-TEST_DIGEST = "2bd879b88d7eff1cc582352ee35f443578d6c3e8344d7b3909537207ee3679dd"
+TEST_DIGEST = "d800a470ed4be7ba205969662851ce06421a2316827e6a3c4f9c34cefb197a82"
 
 
 def test_test_split_is_pinned() -> None:

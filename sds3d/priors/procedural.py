@@ -11,9 +11,9 @@ seeds 1000 and 1001 (28 objects each with the 14 families). Tune only on ``train
 colours; ``tests/test_procedural.py`` pins the test split's digest, so a change of any family
 (which would silently change the yardstick) fails the test suite and needs a new split name.
 
-Prompts: ``"a <colour> <family> (#<seed>)"``, e.g. ``"a red chair (#1000)"``, ``"an orange
-lamp (#1)"``; the ``(#seed)``
-keeps every prompt of a split distinct (the exemplar prior matches prompts by containment).
+Prompts describe an object as a user would, naming its colours and parts, e.g. ``"a black
+wooden chair with four thin legs, a solid back and a pink cushion"``; within a split no prompt
+contains another (the exemplar prior matches prompts by containment; ``tests/test_procedural.py``).
 Prior specs: ``exemplar:procedural-train`` and ``exemplar:procedural-test``
 (:func:`procedural_library`); a folder called ``procedural-<other>`` still loads as a folder.
 """
@@ -74,7 +74,7 @@ def generate_object(family: str, seed: int) -> ProceduralObject:
     farthest vertex at distance 1), parts included."""
     if family not in FAMILIES:
         raise SDS3DError(f"unknown procedural family {family!r}; use one of: {', '.join(FAMILIES)}")
-    noun, colour_name, parts = FAMILIES[family](family_rng(family, seed))
+    prompt, parts = FAMILIES[family](family_rng(family, seed))
     lo, hi = trimesh.util.concatenate([p.mesh for p in parts]).bounds
     centre = (lo + hi) / 2.0  # the rule of normalize_mesh, applied to every part
     radius = max(float(np.linalg.norm(p.mesh.vertices - centre, axis=1).max()) for p in parts)
@@ -82,8 +82,7 @@ def generate_object(family: str, seed: int) -> ProceduralObject:
         p.mesh = p.mesh.copy()
         p.mesh.apply_translation(-centre)
         p.mesh.apply_scale(1.0 / radius)
-    article = "an" if colour_name[0] in "aeiou" else "a"
-    return ProceduralObject(f"{article} {colour_name} {noun} (#{seed})", family, seed, parts)
+    return ProceduralObject(prompt, family, seed, parts)
 
 
 def split_objects(split: str) -> list[ProceduralObject]:

@@ -31,15 +31,21 @@ from typing import Callable
 import numpy as np
 
 from sds3d.priors.procedural_shapes import (
-    PALETTE, Part, box, colour, cone, cyl, lathe, other_colour, rod, rotated, shell, sphere, torus, u,
+    PALETTE, Part, box, cname, colour, cone, cyl, lathe, other_colour, rod, rotated, shell, sphere, torus, u,
 )  # fmt: skip
 
-Family = Callable[[np.random.Generator], tuple[str, str, list[Part]]]
+Family = Callable[[np.random.Generator], tuple[str, list[Part]]]
+"""``rng -> (prompt, parts)``: the prompt names the object's colours and parts as a user would."""
 WOODS = ("brown", "orange", "black", "white", "grey")
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 SKIN = ((240, 200, 170), (200, 150, 110), (140, 95, 60), (90, 60, 40))
+SKIN_WORDS = ("pale", "tan", "brown", "dark brown")
 
 
-def chair(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def chair(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, wood = colour(rng, WOODS)
     w, d, h, t = u(rng, 0.7, 1.0), u(rng, 0.7, 1.0), u(rng, 0.7, 1.0), u(rng, 0.045, 0.075)
     parts = [Part(f"leg{i}", box(t, t, h, (x * (d / 2 - t), y * (w / 2 - t), h / 2)), wood, "thin")
@@ -55,10 +61,12 @@ def chair(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
         for i, y in enumerate(np.linspace(-w / 2 + t / 2, w / 2 - t / 2, n)):
             parts.append(Part(f"slat{i}", box(t, t, back_h, (bx, y, h + 0.07 + back_h / 2)), wood, "thin"))
         parts.append(Part("top rail", box(t * 1.2, w, 0.1, (bx, 0, h + 0.07 + back_h)), wood))
-    return "chair", name, parts
+    cushion = next((f" and a {cname(p.rgb)} cushion" for p in parts if p.name == "cushion"), "")
+    back = "a solid back" if any(p.name == "backrest" for p in parts) else f"a back of {n} slats"
+    return f"{article(name)} {name} wooden chair with four thin legs, {back}{cushion}", parts
 
 
-def table(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def table(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, wood = colour(rng, WOODS)
     w, d, h, r = u(rng, 1.2, 1.8), u(rng, 0.7, 1.1), u(rng, 0.6, 0.85), u(rng, 0.025, 0.04)
     top = u(rng, 0.04, 0.07)
@@ -75,10 +83,11 @@ def table(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
         parts.append(Part("vase", cyl(0.08, 0.3, (u(rng, -0.1, 0.1), u(rng, -0.3, 0.3), h + top + 0.15)), thing))
     else:
         parts.append(Part("book", box(0.25, 0.35, 0.06, (u(rng, -0.1, 0.1), u(rng, -0.3, 0.3), h + top + 0.03)), thing))
-    return "table", name, parts
+    bars = " joined by stretchers" if any(p.name.startswith("stretcher") for p in parts) else ""
+    return f"{article(name)} {name} table on four thin legs{bars}, with {article(cname(thing))} {cname(thing)} {parts[-1].name} on top", parts
 
 
-def mug(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def mug(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, body = colour(rng)
     R, H, wall = u(rng, 0.35, 0.5), u(rng, 0.7, 1.1), u(rng, 0.04, 0.06)
     parts = [Part("body", shell([(0, 0), (R, 0), (R, H)], wall), body)]
@@ -90,10 +99,12 @@ def mug(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
     parts.append(Part("logo", cyl(R * u(rng, 0.3, 0.45), 0.03, (R, 0, H * 0.5), axis="x"), logo, "flat"))
     if rng.random() < 0.5:
         parts.append(Part("stripe", cyl(R + 0.01, H * 0.1, (0, 0, H * 0.85)), other_colour(rng, name)))
-    return "mug", name, parts
+    extra = "".join(f", {article(cname(p.rgb))} {cname(p.rgb)} stripe" for p in parts if p.name == "stripe")
+    full = " full of coffee" if any(p.name == "coffee" for p in parts) else ""
+    return f"{article(name)} {name} mug{full} with a ring handle, {article(cname(logo))} {cname(logo)} round logo on the front{extra}", parts
 
 
-def bowl(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def bowl(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, outside = colour(rng)
     R, D, wall = u(rng, 0.6, 0.9), u(rng, 0.3, 0.55), u(rng, 0.04, 0.06)
     foot = u(rng, 0.3, 0.5) * R
@@ -106,10 +117,15 @@ def bowl(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
         a, rr = u(rng, 0, 2 * np.pi), u(rng, 0.0, 0.5) * R
         parts.append(Part(f"fruit{i}", sphere(0.14, (rr * np.cos(a), rr * np.sin(a), 0.06 + wall + 0.14 + 0.05)),
                           colour(rng, ("red", "orange", "yellow", "green"))[1]))  # fmt: skip
-    return "bowl", name, parts
+    fruit = [p for p in parts if p.name.startswith("fruit")]
+    inside = f"{article(name)} {name} bowl, {cname(parts[1].rgb)} inside, on a foot ring"
+    if fruit:
+        kinds = sorted({cname(p.rgb) for p in fruit})
+        inside += f", holding {len(fruit)} {' and '.join(kinds)} {'fruit' if len(fruit) == 1 else 'fruits'}"
+    return inside + ("" if fruit else ", empty"), parts
 
 
-def goblet(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def goblet(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, glass = colour(rng)
     stem_h, stem_r, foot_r = u(rng, 0.5, 0.9), u(rng, 0.022, 0.035), u(rng, 0.25, 0.4)
     R, H = u(rng, 0.3, 0.45), u(rng, 0.4, 0.6)
@@ -120,10 +136,11 @@ def goblet(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
     if rng.random() < 0.6:
         parts.append(Part("wine", cyl(R * 0.75, 0.02, (0, 0, 0.04 + stem_h + H * 0.5)), other_colour(rng, name)))
     parts.append(Part("knot", sphere(stem_r * 2.2, (0, 0, 0.04 + stem_h * 0.5)), other_colour(rng, name)))
-    return "goblet", name, parts
+    wine = "".join(f", filled with {cname(p.rgb)} wine" for p in parts if p.name == "wine")
+    return f"{article(name)} {name} goblet on a thin stem with {article(cname(parts[-1].rgb))} {cname(parts[-1].rgb)} knot{wine}", parts
 
 
-def bottle(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def bottle(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, glass = colour(rng, ("green", "teal", "blue", "brown", "white", "purple"))
     r, h, nr, nh = u(rng, 0.22, 0.35), u(rng, 0.9, 1.4), u(rng, 0.07, 0.11), u(rng, 0.25, 0.45)
     sh = u(rng, 0.15, 0.3)
@@ -134,10 +151,12 @@ def bottle(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
     parts.append(Part("label", box(0.03, r * 1.3, h * u(rng, 0.3, 0.5), (r, 0, h * 0.45)), label, "flat"))
     if rng.random() < 0.5:
         parts.append(Part("band", cyl(r * 1.02, h * 0.06, (0, 0, h * 0.12)), label))
-    return "bottle", name, parts
+    band = ", and a band near the bottom" if any(p.name == "band" for p in parts) else ""
+    return (f"{article(name)} {name} glass bottle with {article(cname(parts[1].rgb))} {cname(parts[1].rgb)} cap and "
+            f"{article(cname(label))} {cname(label)} label on the front{band}"), parts
 
 
-def lamp(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def lamp(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, metal = colour(rng, ("black", "grey", "white", "brown"))
     pole_h, pole_r, base_r = u(rng, 1.2, 1.8), u(rng, 0.025, 0.04), u(rng, 0.25, 0.4)
     shade_lo, shade_hi, shade_h = u(rng, 0.3, 0.45), u(rng, 0.15, 0.25), u(rng, 0.35, 0.5)
@@ -148,10 +167,10 @@ def lamp(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
              Part("shade", lathe([(shade_lo, 0.0), (shade_hi, shade_h)], (0, 0, top - shade_h * 0.6)), shade_colour),
              Part("bulb", sphere(0.09, (0, 0, top - shade_h * 0.35)), (250, 240, 170)),
              Part("switch", box(0.06, 0.08, 0.05, (base_r * 0.65, 0, 0.07)), other_colour(rng, name))]  # fmt: skip
-    return "lamp", name, parts
+    return f"{article(name)} {name} floor lamp with a thin pole and {article(cname(shade_colour))} {cname(shade_colour)} shade", parts
 
 
-def tower(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def tower(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, stone = colour(rng, ("grey", "white", "brown", "orange", "yellow"))
     tiers, width, z, parts = int(rng.integers(2, 5)), u(rng, 0.5, 0.7), 0.0, []
     round_ = rng.random() < 0.5
@@ -167,10 +186,12 @@ def tower(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
     flag_z = float(parts[-2].mesh.bounds[1][2])
     parts.append(Part("flagpole", rod((0, 0, flag_z - 0.05), (0, 0, flag_z + 0.35), 0.02), (60, 60, 60), "thin"))
     parts.append(Part("flag", box(0.015, 0.2, 0.12, (0, 0.11, flag_z + 0.28)), other_colour(rng, name), "flat"))
-    return "tower", name, parts
+    shape = "round" if round_ else "square"
+    return (f"{article(name)} {name} {shape} tower of {tiers} tiers with {article(cname(roof))} {cname(roof)} cone roof, "
+            f"a door at the front and a flag on top"), parts
 
 
-def rocket(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def rocket(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, hull = colour(rng, ("white", "grey", "red", "blue", "yellow"))
     r, h, nose = u(rng, 0.18, 0.28), u(rng, 1.2, 1.8), u(rng, 0.35, 0.6)
     accent = other_colour(rng, name)
@@ -183,10 +204,11 @@ def rocket(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
     pz = 0.15 + h * u(rng, 0.6, 0.75)
     parts.append(Part("porthole", cyl(r * 0.45, 0.04, (r, 0, pz), axis="x"), (90, 170, 230), "flat"))
     parts.append(Part("rim", torus(r * 0.45, 0.025, (r + 0.01, 0, pz), normal="x"), accent))
-    return "rocket", name, parts
+    return (f"{article(name)} {name} rocket with {article(cname(accent))} {cname(accent)} nose cone, {n_fins} fins "
+            f"and a round porthole at the front"), parts
 
 
-def flower(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def flower(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, petal = colour(rng, ("red", "yellow", "pink", "purple", "orange", "white", "blue"))
     pot_r, pot_h, stem_h = u(rng, 0.2, 0.3), u(rng, 0.25, 0.4), u(rng, 0.8, 1.3)
     pot = other_colour(rng, name, "green")
@@ -206,10 +228,12 @@ def flower(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
         p = sphere(size * 0.75, centre, (0.12, 0.55, 1.0), subdivisions=2)
         parts.append(Part(f"petal{i}", rotated(p, np.degrees(a) - 90, (1, 0, 0), centre), petal, "flat"))
     parts.append(Part("centre", sphere(size * 0.5, (head[0] + 0.03, 0, head[2]), (0.5, 1, 1)), other_colour(rng, name)))
-    return "flower", name, parts
+    leaves = sum(p.name.startswith("leaf") for p in parts)
+    return (f"{article(name)} {name} flower with {n} petals on a thin green stem with {leaves} "
+            f"{'leaf' if leaves == 1 else 'leaves'}, in {article(cname(pot))} {cname(pot)} pot"), parts
 
 
-def car(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def car(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, paint = colour(rng, ("red", "blue", "green", "yellow", "orange", "white", "black", "teal"))
     L, W, H, wr = u(rng, 1.4, 2.0), u(rng, 0.7, 0.9), u(rng, 0.3, 0.45), u(rng, 0.16, 0.22)
     z0 = wr + 0.02
@@ -225,10 +249,12 @@ def car(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
     for s in (-1, 1):
         parts.append(Part(f"headlight{s}", box(0.03, 0.12, 0.08, (L / 2, s * W * 0.32, z0 + H * 0.6)), (250, 245, 190)))
         parts.append(Part(f"taillight{s}", box(0.03, 0.12, 0.06, (-L / 2, s * W * 0.32, z0 + H * 0.6)), (220, 20, 20)))
-    return "car", name, parts
+    shape = "long" if L > 1.7 else "short"
+    cabin = "a big cabin" if cab_l > L * 0.475 else "a small cabin"
+    return f"{article(shape)} {shape} {name} car with {cabin}, four black wheels on thin axles and headlights at the front", parts
 
 
-def dog(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def dog(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, fur = colour(rng, ("brown", "black", "white", "grey", "orange", "yellow"))
     L, h, leg_r = u(rng, 0.9, 1.3), u(rng, 0.35, 0.55), u(rng, 0.05, 0.075)
     body_r = u(rng, 0.2, 0.28)
@@ -246,12 +272,14 @@ def dog(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
     for s in (-1, 1):
         parts.append(Part(f"eye{s}", sphere(hr * 0.14, (hx + hr * 0.85, s * hr * 0.4, hz + hr * 0.3)), (20, 20, 20)))
         parts.append(Part(f"ear{s}", sphere(hr * 0.45, (hx - hr * 0.2, s * hr * 0.75, hz + hr * 0.6), (0.5, 0.35, 1.0)), patch, "flat"))
-    return "dog", name, parts
+    tall = "long-legged" if h > 0.45 else "short-legged"
+    return f"{article(tall)} {tall} {name} dog with {cname(patch)} ears and snout and a thin tail", parts
 
 
-def bust(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def bust(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, hair = colour(rng, ("black", "brown", "yellow", "orange", "grey", "red", "blue"))
-    skin = SKIN[int(rng.integers(len(SKIN)))]
+    tone = int(rng.integers(len(SKIN)))
+    skin = SKIN[tone]
     hr, plinth = u(rng, 0.38, 0.48), u(rng, 0.2, 0.35)
     hz = plinth + 0.3 + hr
     parts = [Part("plinth", box(0.7, 0.7, plinth, (0, 0, plinth / 2)), other_colour(rng, name)),
@@ -264,16 +292,17 @@ def bust(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
         parts.append(Part(f"eye{s}", sphere(hr * 0.16, (hr * 0.78, s * hr * 0.35, hz + hr * 0.2)), (245, 245, 245)))
         parts.append(Part(f"pupil{s}", sphere(hr * 0.08, (hr * 0.9, s * hr * 0.35, hz + hr * 0.2)), (20, 20, 20)))
         parts.append(Part(f"ear{s}", sphere(hr * 0.2, (0, s * hr * 0.85, hz), (0.6, 0.4, 1.0)), skin))
-    return "bust", f"{name}-haired", parts
+    return f"a bust of a head with {name} hair and {SKIN_WORDS[tone]} skin on {article(cname(parts[0].rgb))} {cname(parts[0].rgb)} plinth", parts
 
 
-def sign(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+def sign(rng: np.random.Generator) -> tuple[str, list[Part]]:
     name, face = colour(rng, ("red", "blue", "green", "yellow", "orange", "white"))
     post_h, post_r, size = u(rng, 1.0, 1.5), u(rng, 0.025, 0.04), u(rng, 0.5, 0.8)
     cz, t = post_h + size * 0.45, u(rng, 0.03, 0.05)
     parts = [Part("base", cyl(0.25, 0.06, (0, 0, 0.03)), (90, 90, 90)),
              Part("post", rod((0, 0, 0.06), (0, 0, cz), post_r), (150, 150, 155), "thin")]  # fmt: skip
-    if rng.random() < 0.5:
+    round_panel = rng.random() < 0.5
+    if round_panel:
         panel = cyl(size / 2, t, (post_r + t / 2, 0, cz), axis="x")
     else:
         panel = box(t, size, size * u(rng, 0.6, 1.0), (post_r + t / 2, 0, cz))
@@ -289,7 +318,9 @@ def sign(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
         parts.append(Part("arrow head", rotated(head, 45, (1, 0, 0), (x, s * size * 0.17, cz)), mark, "flat"))
     else:  # a bar
         parts.append(Part("bar", box(0.016, size * 0.6, size * 0.14, (x, 0, cz)), mark, "flat"))
-    return "sign", name, parts
+    shape = "round" if round_panel else "square"
+    symbol = "arrow" if any(p.name == "arrow head" for p in parts) else "bar"
+    return f"{article(name)} {name} {shape} sign on a thin post with {article(cname(mark))} {cname(mark)} {symbol} on the front", parts
 
 
 FAMILIES: dict[str, Family] = {

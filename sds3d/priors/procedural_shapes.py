@@ -64,6 +64,11 @@ def other_colour(rng: np.random.Generator, *avoid: str) -> RGB:
     return colour(rng, tuple(n for n in PALETTE if n not in avoid))[1]
 
 
+def cname(rgb: RGB) -> str:
+    """The palette name nearest to ``rgb`` (for prompts: colours drawn with :func:`other_colour`)."""
+    return min(PALETTE, key=lambda n: sum((a - b) ** 2 for a, b in zip(PALETTE[n], rgb)))
+
+
 def u(rng: np.random.Generator, lo: float, hi: float) -> float:
     """Uniform in [lo, hi)."""
     return float(rng.uniform(lo, hi))
