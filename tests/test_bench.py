@@ -61,6 +61,13 @@ def test_bench_one_object(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["records"][0]["psnr"] == rec["psnr"] and saved["averages"][0]["runs"] == 1
     assert "| blue box | sds | gaussians |" in (tmp_path / "out" / "results.md").read_text()
+    assert saved["summary"][0]["columns"]["psnr"]["mean"] == rec["psnr"] == saved["summary"][0]["columns"]["psnr"]["worst_decile"]
+    from PIL import Image
+
+    from sds3d.bench.contact_sheet import LABEL_WIDTH
+
+    with Image.open(tmp_path / "out" / "contact-sds-gaussians-seed0.png") as im:
+        assert im.size == (LABEL_WIDTH + 6 * 128, 128)  # truth and result from 3 views, 1 object
 
 
 def test_averages_and_table() -> None:

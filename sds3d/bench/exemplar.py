@@ -21,8 +21,16 @@ alone, PSNR vs the truth); the *ceiling* is direct supervised reconstruction of 
 scene type from the object's library images with their known cameras (L2 loss, same step
 budget, batch and seed). ``normalized = (psnr - floor) / (ceiling - floor)``.
 
-Writes ``OUTPUT_DIR/results.json`` (``records``, ``references``, ``averages``) and
-``OUTPUT_DIR/results.md``, and prints the table; run folders go to ``OUTPUT_DIR/runs``.
+``--library procedural --split train|test`` runs a split of the procedural library
+(:mod:`sds3d.priors.procedural`, the prior ``exemplar:procedural-<split>``); tune on ``train``,
+report ``test``.
+
+Writes ``OUTPUT_DIR/results.json`` (``records``, ``references``, ``averages``, ``summary``: mean,
+worst decile and per-family means of :mod:`sds3d.bench.aggregate`) and ``OUTPUT_DIR/results.md``,
+and prints both tables; per (guidance, scene, seed) a contact sheet
+``OUTPUT_DIR/contact-<guidance>-<scene>-seed<seed>.png`` (:mod:`sds3d.bench.contact_sheet`:
+truth vs result from the front, side and back, one row per object with its name, family and
+normalized score); run folders go to ``OUTPUT_DIR/runs``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sds3d.bench.aggregate import summaries, summary_table
+from sds3d.bench.contact_sheet import SHEET_AZIMUTHS, SheetRow, contact_sheet
 from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
 from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
@@ -53,6 +63,13 @@ class BenchConfig:
 
     prior: str = "exemplar"
     """Library: 'exemplar' (built-in objects) or 'exemplar:DIR' (a folder of meshes)."""
+    library: str = "builtin"
+    """Objects: 'builtin' (those of --prior: the built-in objects, or exemplar:DIR) or 'procedural'
+    (a split of the procedural library; give --split)."""
+    split: str = ""
+    """With --library procedural: 'train' (tune on it) or 'test' (report it); fixed seeds."""
+    sheet_resolution: int = 128
+    """Pixel size of each image of the contact sheets (0: no sheets)."""
     guidance: tuple[GuidanceName, ...] = ("sds",)
     """Guidance methods to compare."""
     scene: tuple[SceneName, ...] = ("gaussians",)
@@ -86,6 +103,24 @@ class BenchConfig:
     defaults: ``sds3d.recipes.exemplar_recipe()`` (128^3 meshes) with 8 mesh-fidelity views at 128 px."""
 
 
+def resolve_library(cfg: BenchConfig) -> str:
+    """The exemplar prior spec that --library / --split / --prior name (SDS3DError when they
+    contradict each other)."""
+    from sds3d.priors.procedural import SPLITS
+
+    if cfg.library == "builtin":
+        if cfg.split:
+            raise SDS3DError(f"--split {cfg.split!r} needs --library procedural")
+        return cfg.prior
+    if cfg.library != "procedural":
+        raise SDS3DError(f"--library {cfg.library!r}: use 'builtin' or 'procedural'")
+    if cfg.split not in SPLITS:
+        raise SDS3DError(f"--library procedural needs --split {' or '.join(SPLITS)} (got {cfg.split!r})")
+    if cfg.prior != "exemplar":
+        raise SDS3DError(f"--library procedural picks the prior itself; drop --prior {cfg.prior!r}")
+    return f"exemplar:procedural-{cfg.split}"
+
+
 def _run_config(cfg: BenchConfig, guidance: str, scene: str, seed: int) -> RunConfig:
     return dataclasses.replace(
         cfg.run, prior=cfg.prior, guidance=guidance, scene=scene, steps=cfg.steps, seed=seed,
@@ -114,6 +149,13 @@ class Scorer:
         self.true_back, _ = truth_prior.render_truth(prompt, self.back)
         self.true_front, _ = truth_prior.render_truth(prompt, front)
         self.floor = psnr(torch.ones_like(self.rgb), self.rgb)
+        S, k = cfg.sheet_resolution, len(SHEET_AZIMUTHS)
+        self.sheet = orbit_cameras([cc.eval_elevation] * k, list(SHEET_AZIMUTHS), cc.eval_distance, cc.eval_fovy, S, S) if S > 0 else None
+        self.sheet_truth = truth_prior.render_truth(prompt, self.sheet)[0] if S > 0 else None
+
+    def sheet_render(self, scene: Any, device: torch.device) -> torch.Tensor | None:
+        """The scene from the contact sheet's views [V,S,S,3] (None without sheets)."""
+        return None if self.sheet is None else _render(scene, self.sheet, device)[0]
 
     def score(self, scene: Any, device: torch.device) -> dict[str, float]:
         rgb, alpha = _render(scene, self.eval, device)
@@ -221,6 +263,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise SDS3DError(f"--prior {cfg.prior!r}: the benchmark needs the exemplar prior, 'exemplar' or 'exemplar:DIR'")
     if cfg.steps <= 0 or not cfg.guidance or not cfg.scene or not cfg.seeds or cfg.eval_views <= 0:
         raise SDS3DError("give --steps > 0, --eval-views > 0 and at least one --guidance, --scene and --seeds")
+    cfg = dataclasses.replace(cfg, prior=resolve_library(cfg))
     device = resolve_device(cfg.device)
     truth_prior = load_exemplar(cfg.prior, device, dataclasses.replace(cfg.run.exemplar, multi_view=False))
     prompts = list(cfg.prompts) or list(truth_prior.prompts)
@@ -248,31 +291,42 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         for scene_name in cfg.scene:
             for seed in cfg.seeds:
                 run = _run_config(cfg, guidance, scene_name, seed)
+                rows: list[SheetRow] = []
                 for p in prompts:
                     result = generate(p, run, priors=priors, progress=False)
                     scores = scorers[p].score(result.scene, device)
                     ref = refs[(p, scene_name)]
                     span = ref["ceiling_psnr"] - ref["floor_psnr"]
                     normalized = (scores["psnr"] - ref["floor_psnr"]) / span if span > 0 else None
-                    record = {"prompt": p, "guidance": guidance, "scene": scene_name, "seed": seed, **scores,
+                    family = truth_prior.truth(p).family
+                    record = {"prompt": p, "family": family, "guidance": guidance, "scene": scene_name, "seed": seed, **scores,
                               "chamfer": _mesh_chamfer(result.run_dir, scorers[p].mesh), "normalized": normalized,
                               **_mesh_fidelity(result.summary),
                               "seconds": result.seconds, "run_dir": str(result.run_dir)}  # fmt: skip
                     records.append(record)
+                    if scorers[p].sheet_truth is not None:
+                        label = f"{p}\n[{family or '-'}] normalized {_fmt(normalized)}"
+                        rows.append(SheetRow(label, scorers[p].sheet_truth, scorers[p].sheet_render(result.scene, device)))
                     print(f"[bench] {guidance} {scene_name} seed {seed} '{p}': PSNR {scores['psnr']:.2f} "
                           f"normalized {_fmt(normalized)} Janus {scores['janus']:.2f} ({result.seconds:.0f} s)", flush=True)  # fmt: skip
+                if rows:
+                    sheet = cfg.output_dir / f"contact-{guidance}-{scene_name}-seed{seed}.png"
+                    contact_sheet(rows, sheet, cfg.sheet_resolution)
+                    print(f"[bench] contact sheet {sheet} (truth | result)", flush=True)
 
     result = {
         "config": {"prior": cfg.prior, "guidance": list(cfg.guidance), "scene": list(cfg.scene), "steps": cfg.steps,
-                   "seeds": list(cfg.seeds), "device": str(device), "eval_views": cfg.eval_views},  # fmt: skip
+                   "seeds": list(cfg.seeds), "device": str(device), "eval_views": cfg.eval_views,
+                   "library": cfg.library, "split": cfg.split},  # fmt: skip
         "records": records,
         "references": references,
         "averages": _averages(records),
+        "summary": summaries(records),
     }
     from sds3d.checkpoint import write_json_atomic
 
     write_json_atomic(cfg.output_dir / "results.json", result)
-    table = markdown_table(result)
+    table = markdown_table(result) + "\n" + summary_table(result["summary"])
     (cfg.output_dir / "results.md").write_text(table)
     print(table, flush=True)
     return result

@@ -325,11 +325,20 @@ class ExemplarPrior:
 
 
 def load_exemplar(spec: str, device: torch.device, cfg: ExemplarConfig = ExemplarConfig()) -> ExemplarPrior:
-    """``"exemplar"`` (built-in library) or ``"exemplar:DIR"`` (a folder of meshes)."""
+    """``"exemplar"`` (built-in library), ``"exemplar:procedural-train"`` /
+    ``"exemplar:procedural-test"`` (a split of :mod:`sds3d.priors.procedural`) or
+    ``"exemplar:DIR"`` (a folder of meshes)."""
+    from sds3d.priors.procedural import parse_spec, procedural_library
+
+    split = parse_spec(spec[len("exemplar:") :]) if spec.startswith("exemplar:") else None
     if spec == "exemplar":
         objects = builtin_library()
+    elif split is not None:
+        objects = procedural_library(split)
     elif spec.startswith("exemplar:") and spec[len("exemplar:") :]:
         objects = load_library_dir(spec[len("exemplar:") :])
     else:
-        raise SDS3DError(f"--prior {spec!r}: write 'exemplar' or 'exemplar:DIR' (a folder of .glb/.obj/.ply meshes)")
+        raise SDS3DError(
+            f"--prior {spec!r}: write 'exemplar', 'exemplar:procedural-train', 'exemplar:procedural-test' or 'exemplar:DIR' (a folder of .glb/.obj/.ply meshes)"
+        )
     return ExemplarPrior(objects, device, cfg)

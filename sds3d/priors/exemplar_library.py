@@ -57,6 +57,8 @@ class LibraryObject:
 
     prompt: str
     mesh: trimesh.Trimesh
+    family: str | None = None
+    """The procedural family (``sds3d.priors.procedural``); None for built-in and folder objects."""
 
 
 @dataclass
