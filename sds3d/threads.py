@@ -58,13 +58,21 @@ def _machine_busy_ticks() -> tuple[int, int] | None:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
-def _own_ticks() -> int | None:
-    """utime + stime of this process (all threads) in jiffies."""
+def self_stat() -> list[str] | None:
+    """The fields of ``/proc/self/stat`` after ``pid (comm)`` (field 3 first), or None off Linux."""
     try:
         stat = Path("/proc/self/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
+        return stat[stat.rindex(")") + 2 :].split()
+    except (OSError, ValueError):
+        return None
+
+
+def _own_ticks() -> int | None:
+    """utime + stime of this process (all threads) in jiffies."""
+    fields = self_stat()
+    try:
+        return None if fields is None else int(fields[11]) + int(fields[12])
+    except (ValueError, IndexError):
         return None
 
 

@@ -24,26 +24,28 @@ import os
 import time
 from pathlib import Path
 
+from sds3d.threads import self_stat
+
 PHASES = ("setup", "load", "build", "train", "checkpoint", "turntable", "export")
 """The phases of a run after ``startup``, in order."""
 
 
 def process_age() -> float | None:
     """Seconds since this process started (Linux ``/proc``), or None where that is unknown."""
+    fields = self_stat()
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])  # field 22 (starttime), counted after "pid (comm)"
+        start_ticks = int(fields[19])  # field 22 (starttime); fields start at field 3
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
+    except (TypeError, OSError, ValueError, IndexError):
         return None
 
 
 class Phases:
     """Seconds per phase: :meth:`mark` closes the phase that ran since the previous mark."""
 
-    def __init__(self, start: float | None = None) -> None:
-        self.start = time.perf_counter() if start is None else start
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
         self._last = self.start
         self.seconds: dict[str, float] = {}
 
