@@ -92,7 +92,8 @@ class RunConfig:
     """Torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1 ..."""
     memory_limit_gib: float | None = None
     """Refuse to start when the run's estimated peak memory (sds3d.memory: model weights from
-    the model files plus measured activation factors) exceeds this many GiB; default: the memory
+    the model files plus measured activation factors, or an exemplar prior's library renders)
+    exceeds this many GiB; default: the memory
     available now (MemAvailable or the cgroup limit on CPU, free GPU memory on CUDA); 0: no check."""
     mv_device: str | None = None
     """Device of the multi-view prior (default: --device); lets two priors share two GPUs."""

@@ -9,6 +9,9 @@ A run's peak memory is dominated by the diffusion priors. The estimate is
                render size S (VAE encoder forward + backward through the render; coupled: view 0
                of each 4-view group) and act at MVDream's 256 px per view for the multi-view
                prior, w = sqrt(params(VAE) / params(SD-2.1 VAE)) the model's relative width
+         + per exemplar prior loaded: its library renders and the load's temporaries
+               (sds3d.priors.exemplar.library_bytes: objects x 4 num_groups x resolution^2 pixels
+               x 24 bytes + 1 GiB; coupled and mvsds load a second, multi-view copy)
          + BASE (+ NERF_EXTRA for NeRF)                                         (torch, Python,
                scene, export)
 
@@ -33,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from sds3d.config import MULTI_VIEW_GUIDANCE, RunConfig
+from sds3d.config import MULTI_VIEW_GUIDANCE, RunConfig, is_exemplar_prior
+from sds3d.priors.exemplar import library_bytes
 from sds3d.types import SDS3DError
 
 GIB = 2**30
@@ -58,10 +62,12 @@ class MemoryEstimate:
     activations: int
     base: int
     dtype: str
+    library: int = 0
+    """The exemplar priors' library renders."""
 
     @property
     def total(self) -> int:
-        return self.weights + self.activations + self.base
+        return self.weights + self.activations + self.base + self.library
 
 
 def safetensors_params(path: Path) -> int:
@@ -134,13 +140,13 @@ def mvdream_unet_params(model: str, checkpoint_file: str) -> int:
 
 
 def estimate(cfg: RunConfig, device_type: str) -> MemoryEstimate | None:
-    """The peak-memory estimate of ``cfg`` on a device of ``device_type``; None for exemplar
-    priors (their models are a few MB)."""
-    uses_2d = cfg.guidance != "mvsds" and not cfg.is_exemplar
+    """The peak-memory estimate of ``cfg`` on a device of ``device_type`` (exemplar priors count
+    their library renders)."""
     mv_name = cfg.mv_prior if cfg.mv_prior is not None else (cfg.prior if cfg.is_exemplar else cfg.mvdream.model)
-    uses_mv = cfg.guidance in MULTI_VIEW_GUIDANCE and not mv_name.startswith("exemplar")
-    if not uses_2d and not uses_mv:
-        return None
+    loaded = ([cfg.prior] if cfg.guidance != "mvsds" else []) + ([mv_name] if cfg.guidance in MULTI_VIEW_GUIDANCE else [])
+    library = sum(library_bytes(name, cfg.exemplar) for name in loaded if is_exemplar_prior(name))
+    uses_2d = cfg.guidance != "mvsds" and not cfg.is_exemplar
+    uses_mv = cfg.guidance in MULTI_VIEW_GUIDANCE and not is_exemplar_prior(mv_name)
     dtype = cfg.diffusers.dtype if cfg.diffusers.dtype != "auto" else ("fp16" if device_type == "cuda" else "fp32")
     nbytes = DTYPE_BYTES[dtype]
     weights = activations = 0
@@ -157,7 +163,7 @@ def estimate(cfg: RunConfig, device_type: str) -> MemoryEstimate | None:
         weights += (mvdream_unet_params(mv_name, cfg.mvdream.checkpoint_file) + sd["vae"] + sd["text_encoder"]) * nbytes
         activations += int(ACT_MV_BYTES_256 * _width(sd["vae"], SD21_PARAMS["vae"]) * nbytes / 4 * cfg.batch_size * (cfg.mvdream.image_size / 256) ** 2)
     base = BASE_BYTES + (NERF_EXTRA_BYTES if cfg.scene == "nerf" else 0)
-    return MemoryEstimate(weights=weights, activations=activations, base=int(base), dtype=dtype)
+    return MemoryEstimate(weights=weights, activations=activations, base=int(base), dtype=dtype, library=library)
 
 
 def _width(params: int, reference: int) -> float:
@@ -216,9 +222,11 @@ def check_memory(cfg: RunConfig, device: torch.device, available: int | None = N
         return est
     where = "GPU memory" if device.type == "cuda" else "memory"
     hints = []
-    if device.type != "cuda":
+    if est.library:
+        hints.append("a smaller --exemplar.resolution or --exemplar.num-groups, or fewer meshes in the library")
+    if device.type != "cuda" and est.weights:
         hints.append("use --device cuda")
-    if est.dtype == "fp32":
+    if est.dtype == "fp32" and est.weights:
         hints.append("--diffusers.dtype bf16" if device.type != "cuda" else "--diffusers.dtype fp16")
     hints.append("a smaller --batch-size or --resolution")
     if cfg.guidance == "coupled":
@@ -227,7 +235,9 @@ def check_memory(cfg: RunConfig, device: torch.device, available: int | None = N
         hints.append("--guidance sds (no LoRA training)")
     raise SDS3DError(
         f"--guidance {cfg.guidance} at {est.dtype} on {device.type} needs ~{est.total / GIB:.1f} GiB "
-        f"(weights {est.weights / GIB:.1f}, activations {est.activations / GIB:.1f}), "
+        f"(weights {est.weights / GIB:.1f}, activations {est.activations / GIB:.1f}"
+        + (f", exemplar library {est.library / GIB:.1f}" if est.library else "")
+        + "), "
         f"{available / GIB:.1f} GiB {where} available: {', '.join(hints)} "
         "(--memory-limit-gib 0 skips this check)"
     )

@@ -319,3 +319,21 @@ def test_one_object_prompt_reads_only_its_images(objects, tmp_path_factory, monk
         monkeypatch.undo()
         assert torch.allclose(fast, full, atol=1e-5), float((fast - full).abs().max())
         assert float(full.abs().max()) > 0.5
+
+
+def test_library_sums_match_the_whole_library_formulas(objects, tmp_path_factory) -> None:
+    """The per-image sums are taken a chunk at a time and the coverage is made in place from the
+    alpha renders; the values equal the float64 formulas over the whole library."""
+    from sds3d.priors.exemplar_library import render_library
+
+    cfg = ExemplarConfig(resolution=16, num_groups=6, chunk=7, cache_dir=tmp_path_factory.mktemp("sums"))
+    p = ExemplarPrior(objects, torch.device("cpu"), cfg)
+    lib = render_library(objects, 16, 6, cache_dir=cfg.cache_dir)
+    M, P = p.cover.shape
+    assert M == len(objects) * 24 and torch.equal(p.cover, (2.0 * (1.0 - lib.alpha)).reshape(M, -1))
+    assert torch.equal(p.images, lib.images.reshape(M, -1))
+    y, c = p.images.double(), p.cover.double()
+    assert torch.equal(p.sq_norms, (y**2).sum(-1).float())
+    assert torch.equal(p.image_cover, (y.reshape(M, 3, P) * c[:, None]).sum(-1).float())
+    assert torch.equal(p.cover_sq, (c**2).sum(-1).float())
+    assert p.cover.min() >= 0 and p.cover.max() <= 2 and (p.cover > 0).any() and (p.cover < 2).any()

@@ -24,6 +24,8 @@ from sds3d.memory import (
     folder_params,
     safetensors_params,
 )
+from sds3d.priors.exemplar import LIBRARY_BYTES_PER_PIXEL, LIBRARY_LOAD_BYTES, library_size
+from sds3d.recipes import exemplar_recipe
 from sds3d.types import SDS3DError
 
 SD21_TOTAL = sum(SD21_PARAMS.values())
@@ -79,9 +81,32 @@ def test_vsd_and_coupled_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
     assert mvsds.weights == mv_weights
 
 
-def test_exemplar_runs_are_not_estimated() -> None:
-    assert estimate(dataclasses.replace(RunConfig(), prior="exemplar"), "cpu") is None
-    assert check_memory(dataclasses.replace(RunConfig(), prior="exemplar", memory_limit_gib=0.001), torch.device("cpu")) is None
+def test_exemplar_runs_count_their_library(tmp_path: Path) -> None:
+    """Each exemplar prior a run loads counts objects x 4 num_groups x resolution^2 pixels at
+    LIBRARY_BYTES_PER_PIXEL, plus the load's fixed part; coupled loads two copies."""
+    sds = exemplar_recipe()
+    per_pixel = 7 * 4 * 96 * 64**2 * LIBRARY_BYTES_PER_PIXEL  # the 7 built-in objects at 64 px
+    est = estimate(sds, "cpu")
+    assert est is not None and est.weights == est.activations == 0 and est.base == int(BASE_BYTES)
+    assert est.library == per_pixel + LIBRARY_LOAD_BYTES
+    coupled = estimate(dataclasses.replace(sds, guidance="coupled"), "cpu")
+    assert coupled is not None and coupled.library == 2 * est.library
+    mvsds = estimate(dataclasses.replace(sds, guidance="mvsds"), "cpu")
+    assert mvsds is not None and mvsds.library == est.library
+    fine = dataclasses.replace(sds, exemplar=dataclasses.replace(sds.exemplar, resolution=128))
+    assert estimate(fine, "cpu").library == 4 * per_pixel + LIBRARY_LOAD_BYTES
+    # the procedural splits and a folder of meshes are counted without building a mesh
+    assert library_size("exemplar:procedural-test") == 28
+    for name in ("a.glb", "b.OBJ", "c.ply", "notes.txt", "prompts.json"):
+        (tmp_path / name).write_text("")
+    assert library_size(f"exemplar:{tmp_path}") == 3
+    # too little memory: one line that names the library's options, no diffusers hints
+    with pytest.raises(SDS3DError) as e:
+        check_memory(dataclasses.replace(sds, memory_limit_gib=1.0), torch.device("cpu"))
+    msg = str(e.value)
+    assert "\n" not in msg and f"exemplar library {est.library / GIB:.1f}" in msg and "1.0 GiB memory available" in msg
+    assert "--exemplar.resolution" in msg and "--exemplar.num-groups" in msg and "--diffusers.dtype" not in msg
+    assert check_memory(dataclasses.replace(sds, memory_limit_gib=0.0), torch.device("cpu")) is None
 
 
 def test_check_memory_refuses_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

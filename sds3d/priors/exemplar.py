@@ -62,7 +62,9 @@ from torch import Tensor
 
 from sds3d.cameras import VIEW_NAMES, CameraConfig, Cameras, view_buckets
 from sds3d.priors.exemplar_library import (
+    BUILTIN,
     DEFAULT_CACHE,
+    MESH_SUFFIXES,
     LibraryObject,
     builtin_library,
     load_library_dir,
@@ -71,6 +73,14 @@ from sds3d.priors.exemplar_library import (
 from sds3d.types import SDS3DError
 
 VIEW_SUFFIXES = tuple(f", {v} view" for v in VIEW_NAMES)
+LIBRARY_BYTES_PER_PIXEL = 24
+"""Peak bytes of a loaded prior per library pixel: the float32 RGB images (12) and coverage (4)
+it holds, and the loading's temporaries. Measured peak RSS above the meshes (sds3d.memory uses
+it): 22 bytes per pixel for the 28 procedural train objects at 64 px from the render cache
+(987 MB), 45 for the 7 built-in ones at 128 px rendered anew (1.9 GB, mesh ray casting included),
+of which LIBRARY_LOAD_BYTES covers the part that does not grow with the library."""
+LIBRARY_LOAD_BYTES = 2**30
+"""Fixed part of a load's peak (ray casting, the scheduler, the cache files), see above."""
 WEIGHT_FLOOR = 1e-12
 """Posterior weights below this (in every row) are skipped in the weighted sum (float32 noise)."""
 
@@ -103,6 +113,17 @@ class ExemplarCondition:
     bucket: str | None
 
 
+def _image_sums(images: Tensor, cover: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """|y_i|^2 [M], y_ic . cover_i [M,3] and |cover_i|^2 [M] of images [M,3,P] and covers [M,P],
+    summed in float64 a chunk of images at a time (float64 copies of the whole library would
+    need 4x its memory)."""
+    out = [torch.cat(parts) for parts in zip(*(
+        ((y.double() ** 2).sum((1, 2)).float(), (y.double() * c[:, None].double()).sum(-1).float(), (c.double() ** 2).sum(-1).float())
+        for y, c in zip(images.split(chunk), cover.split(chunk))
+    ))]  # fmt: skip
+    return out[0], out[1], out[2]
+
+
 def _strip_suffix(prompt: str) -> tuple[str, str | None]:
     for view, suffix in zip(VIEW_NAMES, VIEW_SUFFIXES):
         if prompt.endswith(suffix):
@@ -132,12 +153,11 @@ class ExemplarPrior:
         self.prompts = lib.prompts
         n_obj, G, V = lib.images.shape[:3]
         self.images = lib.images.reshape(n_obj * G * V, -1).to(self.device)  # [M, D], object-major
-        self.sq_norms = (self.images.double() ** 2).sum(-1).float()  # [M]
-        # On a background b the image is y + (b - 1) * cover (per channel), cover = 2 (1 - alpha).
-        self.cover = (2.0 * (1.0 - lib.alpha)).reshape(n_obj * G * V, -1).to(self.device)  # [M, R*R]
+        # On a background b the image is y + (b - 1) * cover (per channel), cover = 2 (1 - alpha),
+        # made in place from the alpha renders (the library is held once: LIBRARY_BYTES_PER_PIXEL).
+        self.cover = lib.alpha.reshape(n_obj * G * V, -1).mul_(-2.0).add_(2.0).to(self.device)  # [M, R*R]
         M, P = self.cover.shape
-        self.image_cover = (self.images.reshape(M, 3, P).double() * self.cover[:, None].double()).sum(-1).float()  # [M,3]
-        self.cover_sq = (self.cover.double() ** 2).sum(-1).float()  # [M]
+        self.sq_norms, self.image_cover, self.cover_sq = _image_sums(self.images.reshape(M, 3, P), self.cover, cfg.chunk)
         self.object_id = torch.arange(n_obj).repeat_interleave(G * V).to(self.device)  # [M]
         self.n_objects, self.images_per_object = n_obj, G * V
         el, az = lib.elevation.reshape(-1), lib.azimuth.reshape(-1)  # [G*V]
@@ -342,3 +362,24 @@ def load_exemplar(spec: str, device: torch.device, cfg: ExemplarConfig = Exempla
             f"--prior {spec!r}: write 'exemplar', 'exemplar:procedural-train', 'exemplar:procedural-test' or 'exemplar:DIR' (a folder of .glb/.obj/.ply meshes)"
         )
     return ExemplarPrior(objects, device, cfg)
+
+
+def library_size(spec: str) -> int:
+    """Number of objects of the library ``spec`` names (as :func:`load_exemplar` reads it), without
+    building or loading any mesh."""
+    from sds3d.priors.procedural import FAMILIES, SPLITS, parse_spec
+
+    if spec == "exemplar":
+        return len(BUILTIN)
+    name = spec[len("exemplar:") :]
+    split = parse_spec(name) if spec.startswith("exemplar:") else None
+    if split is not None:
+        return len(FAMILIES) * len(SPLITS[split])
+    folder = Path(name).expanduser()
+    return sum(1 for f in folder.iterdir() if f.suffix.lower() in MESH_SUFFIXES) if folder.is_dir() else 0
+
+
+def library_bytes(spec: str, cfg: ExemplarConfig) -> int:
+    """Peak memory of loading the prior ``spec`` with ``cfg`` (its library renders and the load)."""
+    pixels = library_size(spec) * 4 * cfg.num_groups * cfg.resolution**2
+    return pixels * LIBRARY_BYTES_PER_PIXEL + LIBRARY_LOAD_BYTES

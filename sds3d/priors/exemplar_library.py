@@ -311,8 +311,11 @@ def render_library(
     cams = library_cameras(num_groups, resolution, camera_cfg)
     settings = f"{RENDER_VERSION}|{resolution}|{num_groups}|{CAMERA_SEED}|{camera_cfg!r}".encode()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
-    images, alphas = [], []
-    for obj in objects:
+    R = resolution
+    # filled in place, one object at a time: a list then torch.stack would hold every image twice
+    images = torch.empty(len(objects), num_groups, 4, 3, R, R)
+    alphas = torch.empty(len(objects), num_groups, 4, 1, R, R)
+    for i, obj in enumerate(objects):
         key = hashlib.sha256(mesh_key(obj.mesh).encode() + settings).hexdigest()[:32]
         path = cache / f"{key}.pt" if cache is not None else None
         rgba8 = None
@@ -333,11 +336,11 @@ def render_library(
                 except (OSError, SDS3DError):
                     pass  # an unwritable cache only costs time
         x = rgba8.float().div(255.0).permute(0, 3, 1, 2)  # [4G,4,R,R]
-        images.append((x[:, :3] * 2.0 - 1.0).reshape(num_groups, 4, 3, resolution, resolution))
-        alphas.append(x[:, 3:].reshape(num_groups, 4, 1, resolution, resolution))
+        images[i] = (x[:, :3] * 2.0 - 1.0).reshape(num_groups, 4, 3, R, R)
+        alphas[i] = x[:, 3:].reshape(num_groups, 4, 1, R, R)
     return LibraryRenders(
-        images=torch.stack(images),
-        alpha=torch.stack(alphas),
+        images=images,
+        alpha=alphas,
         elevation=cams.elevation.reshape(num_groups, 4),
         azimuth=cams.azimuth.reshape(num_groups, 4),
         prompts=[o.prompt for o in objects],
