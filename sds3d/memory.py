@@ -139,7 +139,7 @@ def mvdream_unet_params(model: str, checkpoint_file: str) -> int:
     return MVDREAM_UNET_PARAMS
 
 
-def estimate(cfg: RunConfig, device_type: str) -> MemoryEstimate | None:
+def estimate(cfg: RunConfig, device_type: str) -> MemoryEstimate:
     """The peak-memory estimate of ``cfg`` on a device of ``device_type`` (exemplar priors count
     their library renders)."""
     mv_name = cfg.mv_prior if cfg.mv_prior is not None else (cfg.prior if cfg.is_exemplar else cfg.mvdream.model)
@@ -214,8 +214,6 @@ def check_memory(cfg: RunConfig, device: torch.device, available: int | None = N
     if cfg.memory_limit_gib is not None and cfg.memory_limit_gib <= 0:
         return None
     est = estimate(cfg, device.type)
-    if est is None:
-        return None
     if available is None:
         available = int(cfg.memory_limit_gib * GIB) if cfg.memory_limit_gib is not None else available_bytes(device)
     if available is None or est.total <= available:

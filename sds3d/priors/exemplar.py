@@ -64,10 +64,10 @@ from sds3d.cameras import VIEW_NAMES, CameraConfig, Cameras, view_buckets
 from sds3d.priors.exemplar_library import (
     BUILTIN,
     DEFAULT_CACHE,
-    MESH_SUFFIXES,
     LibraryObject,
     builtin_library,
     load_library_dir,
+    mesh_files,
     render_library,
 )
 from sds3d.types import SDS3DError
@@ -117,11 +117,13 @@ def _image_sums(images: Tensor, cover: Tensor, chunk: int) -> tuple[Tensor, Tens
     """|y_i|^2 [M], y_ic . cover_i [M,3] and |cover_i|^2 [M] of images [M,3,P] and covers [M,P],
     summed in float64 a chunk of images at a time (float64 copies of the whole library would
     need 4x its memory)."""
-    out = [torch.cat(parts) for parts in zip(*(
-        ((y.double() ** 2).sum((1, 2)).float(), (y.double() * c[:, None].double()).sum(-1).float(), (c.double() ** 2).sum(-1).float())
-        for y, c in zip(images.split(chunk), cover.split(chunk))
-    ))]  # fmt: skip
-    return out[0], out[1], out[2]
+    sq_norms, image_cover, cover_sq = [], [], []
+    for y, c in zip(images.split(chunk), cover.split(chunk)):
+        y, c = y.double(), c.double()
+        sq_norms.append((y**2).sum((1, 2)).float())
+        image_cover.append((y * c[:, None]).sum(-1).float())
+        cover_sq.append((c**2).sum(-1).float())
+    return torch.cat(sq_norms), torch.cat(image_cover), torch.cat(cover_sq)
 
 
 def _strip_suffix(prompt: str) -> tuple[str, str | None]:
@@ -375,8 +377,7 @@ def library_size(spec: str) -> int:
     split = parse_spec(name) if spec.startswith("exemplar:") else None
     if split is not None:
         return len(FAMILIES) * len(SPLITS[split])
-    folder = Path(name).expanduser()
-    return sum(1 for f in folder.iterdir() if f.suffix.lower() in MESH_SUFFIXES) if folder.is_dir() else 0
+    return len(mesh_files(Path(name).expanduser()))
 
 
 def library_bytes(spec: str, cfg: ExemplarConfig) -> int:

@@ -244,12 +244,17 @@ def _load_mesh(path: Path) -> trimesh.Trimesh:
     return normalize_mesh(mesh)
 
 
+def mesh_files(folder: Path) -> list[Path]:
+    """The ``.glb/.gltf/.obj/.ply`` files of ``folder``, sorted by name (none when it is not a folder)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in MESH_SUFFIXES) if folder.is_dir() else []
+
+
 def load_library_dir(directory: str | Path) -> list[LibraryObject]:
     """Every ``.glb/.gltf/.obj/.ply`` in ``directory`` (sorted by name) as a library object."""
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise SDS3DError(f"exemplar library folder {d} does not exist; pass --prior exemplar:DIR with a folder of meshes")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in MESH_SUFFIXES)
+    files = mesh_files(d)
     if not files:
         raise SDS3DError(f"exemplar library folder {d} has no .glb/.gltf/.obj/.ply files; add meshes to it")
     names: dict[str, str] = {}
