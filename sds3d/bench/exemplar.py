@@ -3,8 +3,8 @@
 For every library object x guidance method x scene x seed, train with :func:`sds3d.train.generate`
 on the exemplar prior, then score on held-out cameras (the evaluation orbit, ``eval_views``
 azimuths from the front at ``cameras.eval_elevation``; the library cameras are random, so
-these are not among them), all renders on white against the ray-cast truth (Lambert
-headlight, as the library images):
+these are not among them), all renders at ``--eval-resolution`` (128 px) on white against the
+ray-cast truth (Lambert headlight, as the library images):
 
 * ``psnr``, ``mask_iou`` (:mod:`sds3d.bench.metrics`) of the scene renders vs the truth;
 * ``janus``: :func:`sds3d.bench.metrics.janus_score` of back views (azimuth 180, elevations
@@ -19,13 +19,15 @@ headlight, as the library images):
 References per object and scene: the *floor* is a blank render (the white background
 alone, PSNR vs the truth); the *ceiling* is direct supervised reconstruction of the same
 scene type from the object's library images with their known cameras (L2 loss, same step
-budget, batch and seed). ``normalized = (psnr - floor) / (ceiling - floor)``.
+budget, batch and seed; :mod:`sds3d.bench.ceilings`). ``normalized = (psnr - floor) / (ceiling - floor)``.
+``--references OUTPUT_DIR/results.json`` of an earlier run reuses its ceilings when nothing they
+depend on differs.
 
 ``--library procedural --split train|test`` runs a split of the procedural library
 (:mod:`sds3d.priors.procedural`, the prior ``exemplar:procedural-<split>``); tune on ``train``,
 report ``test``.
 
-Writes ``OUTPUT_DIR/results.json`` (``records``, ``references``, ``averages``, ``summary``: mean,
+Writes ``OUTPUT_DIR/results.json`` (``records``, ``references``, ``ceiling_keys``, ``averages``, ``summary``: mean,
 worst decile and per-family means of :mod:`sds3d.bench.aggregate`) and ``OUTPUT_DIR/results.md``,
 and prints both tables; per (guidance, scene, seed) a contact sheet
 ``OUTPUT_DIR/contact-<guidance>-<scene>-seed<seed>.png`` (:mod:`sds3d.bench.contact_sheet`:
@@ -43,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from sds3d.bench.aggregate import summaries, summary_table
+from sds3d.bench.ceilings import ceiling_key, reused_references, supervised_ceiling
 from sds3d.bench.contact_sheet import SHEET_AZIMUTHS, SheetRow, contact_sheet
 from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
@@ -87,6 +89,12 @@ class BenchConfig:
     """Where results.json, results.md and the run folders (runs/) go."""
     eval_views: int = 8
     """Held-out evaluation views (evenly spaced azimuths, front first)."""
+    eval_resolution: int = 128
+    """Pixel size of the held-out renders that PSNR, mask IoU and Janus are scored at (the scenes
+    train on 64 px library images by default; results before 2026-12-07 were scored at 64 px)."""
+    references: Path | None = None
+    """An earlier results.json whose supervised ceilings to reuse (only when made with the same
+    library, scene options, steps, first seed and scoring; see sds3d.bench.ceilings)."""
     janus_elevations: tuple[float, ...] = (0.0, 15.0, 30.0)
     """Elevations of the back/front camera pairs of the Janus score."""
     run: RunConfig = dataclasses.replace(
@@ -138,7 +146,7 @@ class Scorer:
     """Truth renders of one object on the held-out cameras, and the scores of a scene."""
 
     def __init__(self, truth_prior: Any, prompt: str, cfg: BenchConfig, run: RunConfig) -> None:
-        R = truth_prior.cfg.resolution
+        R = cfg.eval_resolution
         cc = run.cameras
         self.eval = eval_cameras(cc, cfg.eval_views, R, R)
         n = len(cfg.janus_elevations)
@@ -165,31 +173,6 @@ class Scorer:
             "mask_iou": mask_iou(alpha, self.alpha),
             "janus": janus_score(back, self.true_front, self.true_back),
         }
-
-
-def supervised_ceiling(truth_prior: Any, prompt: str, run: RunConfig, device: torch.device) -> Any:
-    """The scene type trained by L2 on the object's library images with their known cameras."""
-    from sds3d.factory import build_scene
-    from sds3d.priors.exemplar_library import library_cameras
-    from sds3d.train import seed_everything
-
-    obj = truth_prior.prompts.index(truth_prior.truth(prompt).prompt)
-    G, R = truth_prior.cfg.num_groups, truth_prior.cfg.resolution
-    images = truth_prior.images[truth_prior.object_id == obj].reshape(-1, 3, R, R)
-    targets = ((images + 1.0) / 2.0).permute(0, 2, 3, 1).to(device)  # [4G,R,R,3] in [0,1]
-    cams = library_cameras(G, R, truth_prior.camera_cfg)
-    seed_everything(run.seed)
-    scene = build_scene(run, device)
-    gen = torch.Generator().manual_seed(run.seed)
-    for step in range(run.steps):
-        idx = torch.randperm(len(targets), generator=gen)[: run.batch_size]
-        sub = cams[idx].to(device)
-        out = scene.render(sub, torch.ones(len(idx), 3, device=device))
-        scene.pre_backward(step, out)
-        loss = F.mse_loss(out.rgb, targets[idx.to(device)])
-        loss.backward()
-        scene.optimizer_step(step, out)
-    return scene
 
 
 def _mesh_chamfer(run_dir: Path, true_mesh: Any) -> float | None:
@@ -261,8 +244,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     if not (cfg.prior == "exemplar" or cfg.prior.startswith("exemplar:")):
         raise SDS3DError(f"--prior {cfg.prior!r}: the benchmark needs the exemplar prior, 'exemplar' or 'exemplar:DIR'")
-    if cfg.steps <= 0 or not cfg.guidance or not cfg.scene or not cfg.seeds or cfg.eval_views <= 0:
-        raise SDS3DError("give --steps > 0, --eval-views > 0 and at least one --guidance, --scene and --seeds")
+    if cfg.steps <= 0 or not cfg.guidance or not cfg.scene or not cfg.seeds or cfg.eval_views <= 0 or cfg.eval_resolution <= 0:
+        raise SDS3DError("give --steps > 0, --eval-views > 0, --eval-resolution > 0 and at least one --guidance, --scene and --seeds")
     cfg = dataclasses.replace(cfg, prior=resolve_library(cfg))
     device = resolve_device(cfg.device)
     truth_prior = load_exemplar(cfg.prior, device, dataclasses.replace(cfg.run.exemplar, multi_view=False))
@@ -273,16 +256,23 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     base = _run_config(cfg, cfg.guidance[0], cfg.scene[0], cfg.seeds[0])
     scorers = {p: Scorer(truth_prior, p, cfg, base) for p in prompts}
 
+    keys = {s: ceiling_key(cfg.prior, _run_config(cfg, cfg.guidance[0], s, cfg.seeds[0]), cfg.eval_views,
+                           cfg.eval_resolution, cfg.janus_elevations) for s in cfg.scene}  # fmt: skip
+    reused = reused_references(cfg.references, keys, prompts) if cfg.references is not None else {}
     references: list[dict[str, Any]] = []
     for scene_name in cfg.scene:
         run = _run_config(cfg, cfg.guidance[0], scene_name, cfg.seeds[0])
         for p in prompts:
             t0 = time.perf_counter()
-            ceiling = scorers[p].score(supervised_ceiling(truth_prior, p, run, device), device)
-            references.append({"prompt": p, "scene": scene_name, "floor_psnr": scorers[p].floor, "ceiling_psnr": ceiling["psnr"],
-                               "ceiling_mask_iou": ceiling["mask_iou"], "ceiling_janus": ceiling["janus"],
-                               "ceiling_seconds": time.perf_counter() - t0})  # fmt: skip
-            print(f"[bench] ceiling {scene_name} '{p}': PSNR {ceiling['psnr']:.2f} (floor {scorers[p].floor:.2f})", flush=True)
+            if (p, scene_name) in reused:
+                ceiling = reused[(p, scene_name)]
+            else:
+                score = scorers[p].score(supervised_ceiling(truth_prior, p, run, device), device)
+                ceiling = {"ceiling_psnr": score["psnr"], "ceiling_mask_iou": score["mask_iou"],
+                           "ceiling_janus": score["janus"], "ceiling_seconds": time.perf_counter() - t0}  # fmt: skip
+            references.append({"prompt": p, "scene": scene_name, "floor_psnr": scorers[p].floor, **ceiling})
+            how = f"reused from {cfg.references}" if (p, scene_name) in reused else "trained"
+            print(f"[bench] ceiling {scene_name} '{p}': PSNR {ceiling['ceiling_psnr']:.2f} (floor {scorers[p].floor:.2f}; {how})", flush=True)
     refs = {(r["prompt"], r["scene"]): r for r in references}
 
     records: list[dict[str, Any]] = []
@@ -317,9 +307,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     result = {
         "config": {"prior": cfg.prior, "guidance": list(cfg.guidance), "scene": list(cfg.scene), "steps": cfg.steps,
                    "seeds": list(cfg.seeds), "device": str(device), "eval_views": cfg.eval_views,
-                   "library": cfg.library, "split": cfg.split},  # fmt: skip
+                   "library": cfg.library, "split": cfg.split, "eval_resolution": cfg.eval_resolution,
+                   "references": None if cfg.references is None else str(cfg.references)},  # fmt: skip
         "records": records,
         "references": references,
+        "ceiling_keys": keys,
         "averages": _averages(records),
         "summary": summaries(records),
     }
