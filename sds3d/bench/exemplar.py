@@ -21,7 +21,8 @@ alone, PSNR vs the truth); the *ceiling* is direct supervised reconstruction of 
 scene type from the object's library images with their known cameras (L2 loss, same step
 budget, batch and seed; :mod:`sds3d.bench.ceilings`). ``normalized = (psnr - floor) / (ceiling - floor)``.
 ``--references OUTPUT_DIR/results.json`` of an earlier run reuses its ceilings when nothing they
-depend on differs.
+depend on differs; ``--rescore OUTPUT_DIR/results.json`` scores its runs again from their run
+folders, without training (:mod:`sds3d.bench.rescore`).
 
 ``--library procedural --split train|test`` runs a split of the procedural library
 (:mod:`sds3d.priors.procedural`, the prior ``exemplar:procedural-<split>``); tune on ``train``,
@@ -49,6 +50,7 @@ import torch
 from sds3d.bench.aggregate import summaries, summary_table
 from sds3d.bench.ceilings import ceiling_key, reused_references, supervised_ceiling
 from sds3d.bench.contact_sheet import SHEET_AZIMUTHS, SheetRow, contact_sheet
+from sds3d.bench.rescore import load_rescore, load_run
 from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
 from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
@@ -95,6 +97,9 @@ class BenchConfig:
     references: Path | None = None
     """An earlier results.json whose supervised ceilings to reuse (only when made with the same
     library, scene options, steps, first seed and scoring; see sds3d.bench.ceilings)."""
+    rescore: Path | None = None
+    """An earlier results.json whose runs to score again from their run folders, without training
+    (its objects, methods, scenes, seeds and steps; see sds3d.bench.rescore)."""
     janus_elevations: tuple[float, ...] = (0.0, 15.0, 30.0)
     """Elevations of the back/front camera pairs of the Janus score."""
     run: RunConfig = dataclasses.replace(
@@ -246,22 +251,33 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise SDS3DError(f"--prior {cfg.prior!r}: the benchmark needs the exemplar prior, 'exemplar' or 'exemplar:DIR'")
     if cfg.steps <= 0 or not cfg.guidance or not cfg.scene or not cfg.seeds or cfg.eval_views <= 0 or cfg.eval_resolution <= 0:
         raise SDS3DError("give --steps > 0, --eval-views > 0, --eval-resolution > 0 and at least one --guidance, --scene and --seeds")
-    cfg = dataclasses.replace(cfg, prior=resolve_library(cfg))
+    old = load_rescore(cfg.rescore) if cfg.rescore is not None else None
+    if old is None:
+        cfg = dataclasses.replace(cfg, prior=resolve_library(cfg))
+    else:  # the earlier run's objects, methods, scenes, seeds and steps
+        c = old.config
+        cfg = dataclasses.replace(cfg, prior=c["prior"], library=c.get("library", "builtin"), split=c.get("split", ""),
+                                  guidance=tuple(c["guidance"]), scene=tuple(c["scene"]), seeds=tuple(c["seeds"]),
+                                  steps=c["steps"], prompts=old.prompts())  # fmt: skip
+
+    def run_of(guidance: str, scene: str, seed: int) -> RunConfig:
+        return _run_config(cfg, guidance, scene, seed) if old is None else old.run_config(guidance, scene, seed)
+
     device = resolve_device(cfg.device)
-    truth_prior = load_exemplar(cfg.prior, device, dataclasses.replace(cfg.run.exemplar, multi_view=False))
+    base = run_of(cfg.guidance[0], cfg.scene[0], cfg.seeds[0])
+    truth_prior = load_exemplar(cfg.prior, device, dataclasses.replace(base.exemplar, multi_view=False))
     prompts = list(cfg.prompts) or list(truth_prior.prompts)
     for p in prompts:
         truth_prior.truth(p)  # fails fast on a prompt outside the library
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    base = _run_config(cfg, cfg.guidance[0], cfg.scene[0], cfg.seeds[0])
     scorers = {p: Scorer(truth_prior, p, cfg, base) for p in prompts}
 
-    keys = {s: ceiling_key(cfg.prior, _run_config(cfg, cfg.guidance[0], s, cfg.seeds[0]), cfg.eval_views,
+    keys = {s: ceiling_key(cfg.prior, run_of(cfg.guidance[0], s, cfg.seeds[0]), cfg.eval_views,
                            cfg.eval_resolution, cfg.janus_elevations) for s in cfg.scene}  # fmt: skip
     reused = reused_references(cfg.references, keys, prompts) if cfg.references is not None else {}
     references: list[dict[str, Any]] = []
     for scene_name in cfg.scene:
-        run = _run_config(cfg, cfg.guidance[0], scene_name, cfg.seeds[0])
+        run = run_of(cfg.guidance[0], scene_name, cfg.seeds[0])
         for p in prompts:
             t0 = time.perf_counter()
             if (p, scene_name) in reused:
@@ -277,13 +293,16 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     records: list[dict[str, Any]] = []
     for guidance in cfg.guidance:
-        priors = load_priors(_run_config(cfg, guidance, cfg.scene[0], cfg.seeds[0]), device)
+        priors = load_priors(run_of(guidance, cfg.scene[0], cfg.seeds[0]), device) if old is None else None
         for scene_name in cfg.scene:
             for seed in cfg.seeds:
-                run = _run_config(cfg, guidance, scene_name, seed)
+                run = run_of(guidance, scene_name, seed)
                 rows: list[SheetRow] = []
                 for p in prompts:
-                    result = generate(p, run, priors=priors, progress=False)
+                    if old is None:
+                        result: Any = generate(p, run, priors=priors, progress=False)
+                    else:
+                        result = load_run(old.record(p, guidance, scene_name, seed), device)
                     scores = scorers[p].score(result.scene, device)
                     ref = refs[(p, scene_name)]
                     span = ref["ceiling_psnr"] - ref["floor_psnr"]
@@ -308,7 +327,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": {"prior": cfg.prior, "guidance": list(cfg.guidance), "scene": list(cfg.scene), "steps": cfg.steps,
                    "seeds": list(cfg.seeds), "device": str(device), "eval_views": cfg.eval_views,
                    "library": cfg.library, "split": cfg.split, "eval_resolution": cfg.eval_resolution,
-                   "references": None if cfg.references is None else str(cfg.references)},  # fmt: skip
+                   "references": None if cfg.references is None else str(cfg.references),
+                   "rescore": None if cfg.rescore is None else str(cfg.rescore)},  # fmt: skip
         "records": records,
         "references": references,
         "ceiling_keys": keys,
