@@ -11,11 +11,8 @@ import pytest
 from sds3d.bench import exemplar as bench
 from sds3d.bench.ceilings import ceiling_key, reused_references
 from sds3d.config import RunConfig
-from sds3d.export import ExportConfig
-from sds3d.priors.exemplar import ExemplarConfig
-from sds3d.scenes.gaussians import GaussiansConfig
 from sds3d.types import SDS3DError
-from tests.test_bench import _library
+from tests.test_bench_rescore import _cfg as small_bench
 
 
 def _key(run: RunConfig, eval_resolution: int = 128) -> dict:
@@ -59,15 +56,8 @@ def test_reused_references_match_the_key_and_name_what_differs(tmp_path: Path) -
 
 
 def test_a_second_bench_run_reuses_the_ceilings_without_training_them(tmp_path: Path, monkeypatch) -> None:
-    _library(tmp_path / "lib")
-    run = RunConfig(
-        resolution=(16,), preview_every=0, checkpoint_every=0, log_every=5, turntable_frames=2, turntable_resolution=16,
-        gaussians=GaussiansConfig(num_init=256, init_opacity=0.3, init_scale=0.08),
-        exemplar=ExemplarConfig(resolution=16, num_groups=2, cache_dir=tmp_path / "cache"),
-        export=ExportConfig(resolution=16, turntable=False, eval_views=2, eval_resolution=16, splat_ply=False),
-    )  # fmt: skip
-    cfg = bench.BenchConfig(prior=f"exemplar:{tmp_path / 'lib'}", steps=3, device="cpu", output_dir=tmp_path / "a",
-                            eval_views=2, eval_resolution=48, sheet_resolution=0, run=run)  # fmt: skip
+    cfg = dataclasses.replace(small_bench(tmp_path), seeds=(0,), eval_resolution=48)
+    run = cfg.run
     first = bench.run_bench(cfg)
     assert first["config"]["eval_resolution"] == 48
     [ref] = first["references"]
