@@ -102,9 +102,8 @@ def run_generate(cmd: Generate) -> int:
 
 
 def run_export(cmd: Export) -> int:
-    from sds3d.checkpoint import load_checkpoint, load_into, require_entries
     from sds3d.export import export_scene
-    from sds3d.factory import build_scene
+    from sds3d.factory import load_scene
 
     prompt, cfg = load_config(cmd.run_dir / "config.json")
     if cmd.device is not None:
@@ -119,11 +118,7 @@ def run_export(cmd: Export) -> int:
     if cmd.refine_steps is not None:
         export_cfg = dataclasses.replace(export_cfg, refine_steps=cmd.refine_steps)
     device = cfg.resolve_device()
-    ckpt_path = cmd.run_dir / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path, device, if_missing="there is no scene to export")
-    require_entries(ckpt, ckpt_path, {"scene": dict})
-    scene = build_scene(cfg, device)
-    load_into(scene, ckpt["scene"], ckpt_path, "scene")
+    scene = load_scene(cmd.run_dir, cfg, device, if_missing="there is no scene to export")
     result = export_scene(scene, cmd.run_dir, export_cfg, cfg.cameras, device)
     update_summary(cmd.run_dir, prompt, result)
     for p in result.paths:

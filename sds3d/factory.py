@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from sds3d.checkpoint import load_checkpoint, load_into, require_entries
 from sds3d.config import MULTI_VIEW_GUIDANCE, DiffusersOptions, RunConfig, is_exemplar_prior, resolve_device
 from sds3d.priors.exemplar import ExemplarConfig
 from sds3d.priors.mvdream import MVDreamConfig
@@ -119,6 +121,18 @@ def build_scene(cfg: RunConfig, device: torch.device) -> Scene:
     if cfg.scene == "nerf":
         return cfg.nerf.setup(device)
     raise ValueError(f"unknown scene {cfg.scene!r}")
+
+
+def load_scene(run_dir: Path, cfg: RunConfig, device: torch.device, if_missing: str) -> Scene:
+    """The scene of a run folder's ``checkpoint.pt``, built from ``cfg`` (its ``config.json``)
+    on ``device``; one-line SDS3DError when the file is missing (``if_missing`` says what to do)
+    or does not hold such a scene."""
+    ckpt_path = Path(run_dir) / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path, device, if_missing=if_missing)
+    require_entries(ckpt, ckpt_path, {"scene": dict})
+    scene = build_scene(cfg, device)
+    load_into(scene, ckpt["scene"], ckpt_path, "scene")
+    return scene
 
 
 def precompute_prompts(priors: tuple[Any, Any], prompt_sets: list[PromptSet]) -> None:

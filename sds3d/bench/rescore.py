@@ -13,14 +13,17 @@ At the earlier run's settings a rescore gives the earlier numbers (``tests/test_
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sds3d.config import RunConfig
 from sds3d.types import SDS3DError
+
+if TYPE_CHECKING:
+    from sds3d.train import RunResult
 
 
 @dataclass(frozen=True)
@@ -65,32 +68,17 @@ def load_rescore(path: Path) -> Rescore:
     return Rescore(Path(path), config, records)
 
 
-@dataclass
-class SavedRun:
-    """A finished run loaded from its folder, with the attributes of ``train.RunResult`` the
-    benchmark reads."""
-
-    run_dir: Path
-    scene: Any
-    seconds: float
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def load_run(record: dict[str, Any], device: torch.device) -> SavedRun:
+def load_run(record: dict[str, Any], device: torch.device) -> RunResult:
     """The scene, summary and wall time of an earlier record's run folder."""
-    from sds3d.checkpoint import load_checkpoint, load_into, require_entries
-    from sds3d.factory import build_scene
     from sds3d.recipes import load_config
+    from sds3d.factory import load_scene
+    from sds3d.train import RunResult
 
     run_dir = Path(record["run_dir"])
     _, cfg = load_config(run_dir / "config.json")
-    ckpt_path = run_dir / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path, device, if_missing="the run folder lost its scene; train it again without --rescore")
-    require_entries(ckpt, ckpt_path, {"scene": dict})
-    scene = build_scene(cfg, device)
-    load_into(scene, ckpt["scene"], ckpt_path, "scene")
+    scene = load_scene(run_dir, cfg, device, if_missing="the run folder lost its scene; train it again without --rescore")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         summary = {}
-    return SavedRun(run_dir, scene, float(record.get("seconds") or 0.0), summary)
+    return RunResult(run_dir, scene, float(record.get("seconds") or 0.0), summary)

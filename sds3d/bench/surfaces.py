@@ -135,13 +135,11 @@ def smoothed_mesh(scene: Scene, cams_cfg, lo: np.ndarray, hi: np.ndarray, res: i
 
 
 def _load(run_dir: Path):
-    from sds3d.checkpoint import load_checkpoint
     from sds3d.recipes import load_config
-    from sds3d.factory import build_scene
+    from sds3d.factory import load_scene
     prompt, cfg = load_config(run_dir / "config.json")
     cfg = replace(cfg, device="cpu")
-    scene = build_scene(cfg, torch.device("cpu"))
-    scene.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", "cpu", if_missing="train the run first")["scene"])
+    scene = load_scene(run_dir, cfg, torch.device("cpu"), if_missing="train the run first")
     return prompt, cfg, scene
 
 
