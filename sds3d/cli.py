@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import tyro
 
-from sds3d.config import RECIPE_NAMES, RunConfig
-from sds3d.recipes import build_recipe, leaf_diff, load_config, resolve_run
+from sds3d.config import RunConfig
+from sds3d.recipes import build_recipe, leaf_diff, load_config, recipe_bases, resolve_run
 from sds3d.types import SDS3DError
 
 if TYPE_CHECKING:
@@ -170,21 +170,20 @@ def parse_command(argv: list[str]) -> tuple[Any, dict[str, Any]]:
     an option the user typed.
 
     tyro fills untyped options with the defaults it is given, so the command line is parsed once
-    with each recipe as the defaults: an option is set exactly when some parse differs from its
+    with each recipe (the exemplar one per scene) as the defaults: an option is set exactly when some parse differs from its
     recipe there (a typed value that equals every recipe's is the same whichever recipe wins)."""
     if any(a in ("-h", "--help") for a in argv):
         _print_help(argv)
     parsed: list[tuple[RunConfig, Any]] = []
     first_error: Exception | None = None
-    for name in RECIPE_NAMES:
-        base = build_recipe(name)
+    for base in recipe_bases():
         try:
             cmd = _tyro(base, argv)
         except (SDS3DError, ValueError) as e:  # config validation while parsing, against this recipe
             first_error = first_error or e
             continue
         if not isinstance(cmd, (Generate, Batch)):
-            return cmd, {}
+            return cmd, _bench_run_options(cmd, argv)
         parsed.append((base, cmd))
     if not parsed:
         assert first_error is not None
@@ -198,17 +197,27 @@ def parse_command(argv: list[str]) -> tuple[Any, dict[str, Any]]:
     return dataclasses.replace(cmd, run=resolve_run(typed)), typed
 
 
+def _bench_run_options(cmd: Any, argv: list[str]) -> dict[str, Any]:
+    """The run options set on an ``sds3d bench exemplar`` command line (each scene starts from its
+    own recipe); no options for the other commands."""
+    from sds3d.bench.exemplar import BenchConfig, typed_run_options
+
+    if not isinstance(cmd, BenchConfig):
+        return {}
+    return typed_run_options(cmd, argv[argv.index("exemplar") + 1 :])
+
+
 def _print_help(argv: list[str]) -> None:
     """``--help`` shows the defaults of the recipe the other options select (``--prior exemplar
     --help`` prints the exemplar recipe's values); tyro prints and exits."""
     rest = [a for a in argv if a not in ("-h", "--help")]
-    name = "text-to-image"
+    name, scene = "text-to-image", "gaussians"
     try:
         _, typed = parse_command(rest)
-        name = resolve_run(typed).recipe or name
+        name, scene = resolve_run(typed).recipe or name, typed.get("scene", scene)
     except (SDS3DError, ValueError, SystemExit):
         pass  # an incomplete command line (no prompt yet): the text-to-image defaults
-    _tyro(build_recipe(name), argv)
+    _tyro(build_recipe(name, scene=scene), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_batch(cmd, typed)
         if isinstance(cmd, Export):
             return run_export(cmd)
-        return run_bench_command(cmd)
+        return run_bench_command(cmd, typed)
     except KeyboardInterrupt:
         print("sds3d: interrupted", file=sys.stderr)
         return 130

@@ -87,3 +87,27 @@ def test_averages_and_table() -> None:
     table = markdown_table({"records": records, "references": refs, "averages": [avg]})
     assert "| b | sds | gaussians | 0 | 22.00 | 10.00 | 30.00 | 0.70 | 0.50 | 1.00 | - | 23.00 | 28.00 | - | 2 | 0 | 10 |" in table
     assert "| **average** | sds | gaussians | 2 runs | 21.00 |" in table
+
+
+def test_each_scene_runs_its_own_recipe_and_typed_options_apply_to_all() -> None:
+    """``sds3d bench exemplar --scene gaussians nerf``: each scene starts from its exemplar recipe
+    (the bench's run settings on top); a --run.* option set on the command line applies to every
+    scene, also where it equals the Gaussian recipe's value."""
+    from sds3d.bench.exemplar import _run_config, bench_run
+    from sds3d.cli import parse_command
+    from sds3d.recipes import exemplar_recipe
+
+    def runs(*args: str) -> dict[str, RunConfig]:
+        cmd, typed = parse_command(["bench", "exemplar", "--scene", "gaussians", "nerf", *args])
+        return {s: _run_config(cmd, typed, "sds", s, 1) for s in ("gaussians", "nerf")}
+
+    plain = runs()
+    for scene, run in plain.items():
+        recipe = exemplar_recipe(scene=scene)  # type: ignore[arg-type]
+        assert (run.white_start, run.sds.timesteps, run.coupled.timesteps) == (recipe.white_start, recipe.sds.timesteps, recipe.coupled.timesteps)
+        assert run.scene == scene and run.seed == 1 and run.steps == 200 and run.preview_every == 0 and not run.export.turntable
+    assert plain["gaussians"].white_start == 0.0 and plain["nerf"].white_start == 0.5
+    typed = runs("--run.white-start", "0", "--run.sds.guidance-scale", "2")
+    assert typed["nerf"].white_start == 0.0 and typed["nerf"].sds.guidance_scale == typed["gaussians"].sds.guidance_scale == 2.0
+    assert typed["nerf"].sds.timesteps.anneal == "none"  # untyped: still the NeRF recipe's
+    assert bench_run("nerf").nerf == exemplar_recipe(scene="nerf").nerf

@@ -67,9 +67,15 @@ def test_exemplar_recipe_is_unchanged_by_the_real_prior_recipes() -> None:
     """Every guidance option the exemplar recipe had before this issue keeps its value, the
     new options are off there, and the Gaussians keep a constant centre learning rate."""
     before = json.loads(BEFORE.read_text())
+    nerf = to_jsonable(exemplar_recipe(scene="nerf"))
+    changed = [p for k in ("sds", "vsd", "nfsd", "csd", "coupled", "mvsds") for p in _same(before[k], nerf[k], k)]
+    assert changed == [] and nerf["white_start"] == 0.5
+    # the Gaussian variant differs from it in its t schedules and white start alone (issue 30)
     now = to_jsonable(exemplar_recipe())
     changed = [p for k in ("sds", "vsd", "nfsd", "csd", "coupled", "mvsds") for p in _same(before[k], now[k], k)]
-    assert changed == []
+    assert changed == ["sds.timesteps.anneal: 'none' -> 'sqrt'", "coupled.timesteps.anneal: 'step' -> 'sqrt'"]
+    assert now["white_start"] == 0.0 and {k: v for k, v in now.items() if k not in ("sds", "coupled", "white_start")} == {
+        k: v for k, v in nerf.items() if k not in ("sds", "coupled", "white_start", "scene")} | {"scene": "gaussians"}
     assert now["sds"]["grad_clip"] is None and now["csd"]["normalization"] == "sample"
     assert now["mvsds"]["x0_loss"] is False and now["coupled"]["sds"]["grad_clip"] is None
     # the scene presets belong to the exemplar benchmark's owners; this issue only added the
@@ -143,6 +149,33 @@ def test_config_json_records_the_recipe_and_fills_missing_fields_from_it(tmp_pat
     (tmp_path / "legacy.json").write_text(_json.dumps(data))
     _, legacy = load_config(tmp_path / "legacy.json")
     assert legacy.steps == 1200 and legacy.recipe is None and legacy.gaussians.alpha_entropy == GaussiansConfig().alpha_entropy
+
+
+def test_the_exemplar_recipe_follows_the_scene(tmp_path) -> None:
+    """Gaussians: random backgrounds from the start and sqrt t schedules; NeRF: white start 0.5 and
+    fixed t. Each way of starting a run picks the variant of its scene, and a typed value wins
+    even where it equals the other scene's recipe."""
+    nerf = _cli("--prior", "exemplar", "--scene", "nerf")
+    assert nerf == exemplar_recipe(scene="nerf") and (nerf.white_start, nerf.sds.timesteps.anneal) == (0.5, "none")
+    assert nerf.coupled.timesteps == RunConfig().coupled.timesteps and nerf.gaussians == EXEMPLAR_GAUSSIANS
+    gs = _cli("--prior", "exemplar")
+    assert (gs.white_start, gs.sds.timesteps.anneal, gs.coupled.timesteps.anneal) == (0.0, "sqrt", "sqrt")
+    assert _cli("--prior", "exemplar", "--scene", "nerf", "--white-start", "0").white_start == 0.0
+    assert _cli("--prior", "exemplar", "--white-start", "0.5").white_start == 0.5
+    assert _cli("--prior", "exemplar", "--scene", "nerf", "--sds.timesteps.anneal", "sqrt").sds.timesteps.anneal == "sqrt"
+    assert _cli("--scene", "nerf").white_start == RunConfig().white_start  # other recipes have no scene variant
+    f = tmp_path / "p.txt"
+    f.write_text("a snowman | prior=exemplar scene=nerf\n")
+    (line,) = read_entries((f,), parse_command(["batch", str(f), "--seed", "3"])[1])
+    assert line.cfg == dataclasses.replace(nerf, seed=3)
+    # a NeRF run folder's missing fields come from the NeRF recipe
+    save_config(nerf, "a snowman", tmp_path / "config.json")
+    data = _json.loads((tmp_path / "config.json").read_text())
+    del data["config"]["white_start"], data["config"]["sds"]["timesteps"]
+    (tmp_path / "config.json").write_text(_json.dumps(data))
+    assert load_config(tmp_path / "config.json")[1] == nerf
+    with pytest.raises(SDS3DError, match="unknown scene"):
+        exemplar_recipe(scene="mesh")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("change, message", [

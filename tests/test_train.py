@@ -18,8 +18,9 @@ def backgrounds(cfg: RunConfig, batch: int = 4) -> list[torch.Tensor]:
 
 
 def test_white_start_then_random_colours() -> None:
-    cfg = dataclasses.replace(exemplar_recipe(), steps=10, seed=3, batch_size=64)
+    cfg = dataclasses.replace(exemplar_recipe(scene="nerf"), steps=10, seed=3, batch_size=64)
     assert (cfg.background, cfg.white_start, cfg.random_background_p) == ("random", 0.5, 0.5)
+    assert exemplar_recipe().white_start == 0.0  # the Gaussian recipe is random from the first step
     bgs = backgrounds(cfg, 64)
     assert all(torch.equal(b, torch.ones(64, 3)) for b in bgs[:5])  # steps 0-4: white
     late = torch.stack(bgs[5:])  # [5, 64, 3]

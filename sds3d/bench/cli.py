@@ -3,7 +3,7 @@ table, and the README's picture."""
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated, Any, Mapping, Union
 
 import tyro
 
@@ -34,9 +34,11 @@ the real model size, random weights, one generate process a row)."""
     return cmd
 
 
-def run_bench_command(cmd: object) -> int:
+def run_bench_command(cmd: object, run_options: Mapping[str, Any] | None = None) -> int:
+    """Run a bench command (``run_options``: the exemplar bench's run options set, see
+    :func:`sds3d.bench.exemplar.typed_run_options`)."""
     if isinstance(cmd, BenchConfig):
-        run_bench(cmd)
+        run_bench(cmd, run_options)
     elif isinstance(cmd, SpeedConfig):
         run_speed_bench(cmd)
     elif isinstance(cmd, RasterizerBenchConfig):

@@ -92,7 +92,7 @@ def run_demo(cfg: DemoStripConfig) -> Path:
     from sds3d.recipes import exemplar_recipe
     from sds3d.train import generate
 
-    run = dataclasses.replace(exemplar_recipe(), scene=cfg.scene, device=cfg.device, output_dir=cfg.output_dir)
+    run = dataclasses.replace(exemplar_recipe(scene=cfg.scene), device=cfg.device, output_dir=cfg.output_dir)
     return Path(generate(cfg.prompt, run).run_dir)
 
 

@@ -43,7 +43,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -54,11 +54,20 @@ from sds3d.bench.rescore import load_rescore, load_run
 from sds3d.bench.metrics import chamfer, janus_score, mask_iou, psnr
 from sds3d.cameras import Cameras, eval_cameras, orbit_cameras
 from sds3d.config import GuidanceName, RunConfig, SceneName, resolve_device
-from sds3d.recipes import exemplar_recipe
+from sds3d.recipes import apply_overrides, exemplar_recipe, leaf_diff
 from sds3d.types import SDS3DError, render_views
 
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
-_RECIPE = exemplar_recipe()
+
+
+def bench_run(scene: SceneName = "gaussians") -> RunConfig:
+    """The exemplar recipe of ``scene`` as the benchmark runs it: no previews or checkpoints, no
+    turntable video or splat PLY, 8 mesh-fidelity views at 128 px (128^3 meshes)."""
+    recipe = exemplar_recipe(scene=scene)
+    return dataclasses.replace(
+        recipe, preview_every=0, checkpoint_every=0, turntable_frames=4, turntable_resolution=64,
+        export=dataclasses.replace(recipe.export, turntable=False, eval_views=8, eval_resolution=128, splat_ply=False),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,18 +111,11 @@ class BenchConfig:
     (its objects, methods, scenes, seeds and steps; see sds3d.bench.rescore)."""
     janus_elevations: tuple[float, ...] = (0.0, 15.0, 30.0)
     """Elevations of the back/front camera pairs of the Janus score."""
-    run: RunConfig = dataclasses.replace(
-        _RECIPE,
-        preview_every=0,
-        checkpoint_every=0,
-        turntable_frames=4,
-        turntable_resolution=64,
-        export=dataclasses.replace(
-            _RECIPE.export, turntable=False, eval_views=8, eval_resolution=128, splat_ply=False
-        ),
-    )
-    """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...);
-    defaults: ``sds3d.recipes.exemplar_recipe()`` (128^3 meshes) with 8 mesh-fidelity views at 128 px."""
+    run: RunConfig = bench_run()
+    """Every other run option (learning rates, guidance scales, --run.exemplar.*, export ...). Each
+    scene starts from its own exemplar recipe (``sds3d.recipes.exemplar_recipe``; the help shows
+    the Gaussian one) without previews, turntables or splat PLY, with 8 mesh-fidelity views at
+    128 px; an option set here applies to every scene."""
 
 
 def resolve_library(cfg: BenchConfig) -> str:
@@ -134,9 +136,20 @@ def resolve_library(cfg: BenchConfig) -> str:
     return f"exemplar:procedural-{cfg.split}"
 
 
-def _run_config(cfg: BenchConfig, guidance: str, scene: str, seed: int) -> RunConfig:
+def typed_run_options(cfg: BenchConfig, args: list[str]) -> dict[str, Any]:
+    """The ``--run.*`` options set in ``args`` (the arguments after ``bench exemplar``), of which
+    ``cfg`` is the parse: tyro fills unset options with the defaults it is given, so ``args`` is
+    parsed once more with the NeRF recipe as the defaults, and an option is set where either
+    parse differs from its defaults (as ``sds3d generate`` tells typed options from a recipe's)."""
+    import tyro
+
+    nerf = tyro.cli(BenchConfig, default=BenchConfig(run=bench_run("nerf")), args=args)
+    return {**leaf_diff(cfg.run, bench_run()), **leaf_diff(nerf.run, bench_run("nerf"))}
+
+
+def _run_config(cfg: BenchConfig, options: Mapping[str, Any], guidance: str, scene: SceneName, seed: int) -> RunConfig:
     return dataclasses.replace(
-        cfg.run, prior=cfg.prior, guidance=guidance, scene=scene, steps=cfg.steps, seed=seed,
+        apply_overrides(bench_run(scene), options), prior=cfg.prior, guidance=guidance, scene=scene, steps=cfg.steps, seed=seed,
         device=cfg.device, output_dir=cfg.output_dir / "runs",
     )  # fmt: skip
 
@@ -241,8 +254,11 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    """Run every (object, guidance, scene, seed), write results.json/results.md, print the table."""
+def run_bench(cfg: BenchConfig, run_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run every (object, guidance, scene, seed), write results.json/results.md, print the table.
+
+    ``run_options``: the run options set (dotted paths, :func:`typed_run_options`), applied on
+    top of each scene's recipe; default: where ``cfg.run`` differs from the Gaussian recipe."""
     from sds3d.factory import load_priors
     from sds3d.priors.exemplar import load_exemplar
     from sds3d.train import generate
@@ -260,8 +276,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                                   guidance=tuple(c["guidance"]), scene=tuple(c["scene"]), seeds=tuple(c["seeds"]),
                                   steps=c["steps"], prompts=old.prompts())  # fmt: skip
 
-    def run_of(guidance: str, scene: str, seed: int) -> RunConfig:
-        return _run_config(cfg, guidance, scene, seed) if old is None else old.run_config(guidance, scene, seed)
+    options = leaf_diff(cfg.run, bench_run()) if run_options is None else run_options
+
+    def run_of(guidance: str, scene: SceneName, seed: int) -> RunConfig:
+        return _run_config(cfg, options, guidance, scene, seed) if old is None else old.run_config(guidance, scene, seed)
 
     device = resolve_device(cfg.device)
     base = run_of(cfg.guidance[0], cfg.scene[0], cfg.seeds[0])
@@ -345,9 +363,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def main() -> None:
+    import sys
+
     import tyro
 
-    run_bench(tyro.cli(BenchConfig))
+    cfg = tyro.cli(BenchConfig)
+    run_bench(cfg, typed_run_options(cfg, sys.argv[1:]))
 
 
 if __name__ == "__main__":
